@@ -1,0 +1,1 @@
+"""evoarch engine: config, genomes, DEAP toolbox, search loop and command line."""

