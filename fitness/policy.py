@@ -1,0 +1,209 @@
+"""Static AST policy: may this genome's source be run at all?
+
+The first of three layers (policy -> audit hook in the worker -> rlimits and process-group
+kill). It is deliberately strict and purely syntactic: a genome may import only a few
+numeric modules, may not name dangerous builtins or attributes, may not reach private or
+dunder attributes (the classic `().__class__.__base__.__subclasses__()` escapes), and may
+not assign to attributes of anything but `self` (no monkeypatching torch). A rejection
+names the line and the construct so the LLM repair step can fix it.
+"""
+from __future__ import annotations
+
+import ast
+
+ALLOWED_IMPORTS = frozenset({
+    "torch", "torch.nn", "torch.nn.functional", "math", "typing", "functools", "einops", "__future__",
+})
+
+FORBIDDEN_NAMES = frozenset({
+    "open", "exec", "eval", "compile", "__import__", "globals", "locals", "vars", "getattr", "setattr",
+    "delattr", "breakpoint", "input", "help", "exit", "quit", "memoryview", "dir", "SystemExit",
+    "KeyboardInterrupt", "GeneratorExit", "type", "object", "__builtins__", "__loader__", "__spec__", "__file__",
+})
+
+# Attribute names that reach files, processes, code loading, interpreter internals or
+# global torch state, wherever they appear (aliases like `t = torch; t.load` included).
+FORBIDDEN_ATTRS = frozenset({
+    # modules reachable as attributes of allowed modules (torch.os, F.torch.sys, ...)
+    "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil", "pathlib",
+    "io", "pickle", "marshal", "signal", "threading", "multiprocessing", "inspect", "gc", "types",
+    "runpy", "pty", "resource", "tempfile", "glob", "platform", "warnings", "weakref", "code", "codeop",
+    # torch: files, code loading, native extensions, compilers, global state
+    "load", "save", "hub", "utils", "cpp_extension", "ops", "classes", "library", "package", "jit",
+    "compile", "export", "fx", "onnx", "profiler", "serialization", "from_file", "tofile", "dump",
+    "numpy", "distributed", "backends", "set_num_threads", "set_num_interop_threads", "manual_seed",
+    "seed", "set_rng_state", "set_default_dtype", "set_default_device", "set_default_tensor_type",
+    "use_deterministic_algorithms", "register_module_forward_hook", "register_module_forward_pre_hook",
+    "register_module_backward_hook", "register_module_full_backward_hook",
+    "register_module_full_backward_pre_hook", "register_module_buffer_registration_hook",
+    "register_module_parameter_registration_hook", "register_module_module_registration_hook",
+    # typing evaluates strings
+    "get_type_hints", "ForwardRef",
+    # frame / code / generator introspection
+    "f_back", "f_builtins", "f_code", "f_globals", "f_locals", "f_trace", "f_lasti", "gi_frame",
+    "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code", "ag_await",
+    "tb_frame", "tb_next", "co_code", "co_consts", "func_globals", "func_code", "mro", "with_traceback",
+})
+
+
+class PolicyViolation(ValueError):
+    """The genome breaks the static policy; str() is the reason."""
+
+
+def check_policy(code: str) -> str | None:
+    """Return None if `code` may run, else a one-line reason naming the line and the construct."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        return f"syntax error at line {e.lineno}: {e.msg}"
+    except (ValueError, RecursionError, MemoryError) as e:
+        return f"unparsable source: {type(e).__name__}: {e}"
+    visitor = _Visitor()
+    try:
+        visitor.visit(tree)
+    except PolicyViolation as e:
+        return str(e)
+    except RecursionError:
+        return "source nests too deeply to check"
+    if not visitor.has_mixer:
+        return "no top-level `class Mixer` defined"
+    return None
+
+
+def _root(node: ast.expr) -> ast.expr:
+    """The innermost object of a chain like a.b[c].d -> a."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+        node = node.value
+    return node
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.has_mixer = False
+        self.depth = 0  # class/function nesting
+
+    def fail(self, node: ast.AST, what: str) -> None:
+        raise PolicyViolation(f"line {getattr(node, 'lineno', '?')}: {what} is not allowed")
+
+    # imports -------------------------------------------------------------------------
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            if alias.name not in ALLOWED_IMPORTS:
+                self.fail(node, f"import of `{alias.name}` (allowed: {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))})")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level or node.module not in ALLOWED_IMPORTS:
+            self.fail(node, f"import from `{'.' * node.level}{node.module or ''}`")
+        for alias in node.names:
+            full = f"{node.module}.{alias.name}"
+            if alias.name == "*":
+                self.fail(node, f"`from {node.module} import *`")
+            if (alias.name in FORBIDDEN_ATTRS or alias.name in FORBIDDEN_NAMES or alias.name.startswith("_")) \
+                    and node.module != "__future__":
+                self.fail(node, f"importing `{full}`")
+
+    # names and attributes ----------------------------------------------------------------
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
+            self.fail(node, f"the name `{node.id}`")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.generic_visit(node)  # innermost first: `torch.hub.load` is reported as `.hub`
+        name = node.attr
+        if name in FORBIDDEN_ATTRS:
+            self.fail(node, f"attribute `.{name}`")
+        if _is_dunder(name):
+            is_super_init = (name == "__init__" and isinstance(node.value, ast.Call)
+                             and isinstance(node.value.func, ast.Name) and node.value.func.id == "super")
+            if not is_super_init:
+                self.fail(node, f"dunder attribute `.{name}` (only `super().__init__` is allowed)")
+        elif name.startswith("_") and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            self.fail(node, f"private attribute `.{name}` (only on `self`)")
+
+    # assignments: only to local names or attributes of self --------------------------------
+    def _check_target(self, target: ast.expr, node: ast.AST) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for elt in target.elts:
+                self._check_target(elt, node)
+            return
+        if isinstance(target, ast.Starred):
+            self._check_target(target.value, node)
+            return
+        if isinstance(target, (ast.Attribute, ast.Subscript)):
+            root = _root(target)
+            if isinstance(target, ast.Attribute) and not (isinstance(root, ast.Name) and root.id == "self"):
+                self.fail(node, "assigning to an attribute of anything but `self` (e.g. monkeypatching torch)")
+            if isinstance(target, ast.Subscript) and self.depth == 0:
+                self.fail(node, "item assignment at module level")
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for t in node.targets:
+            self._check_target(t, node)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._check_target(node.target, node)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._check_target(node.target, node)
+        self.generic_visit(node)
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        for t in node.targets:
+            self._check_target(t, node)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        self._check_target(node.target, node)
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For
+
+    def visit_withitem(self, node: ast.withitem) -> None:
+        if node.optional_vars is not None:
+            self._check_target(node.optional_vars, node.context_expr)
+        self.generic_visit(node)
+
+    def visit_comprehension(self, node: ast.comprehension) -> None:
+        self._check_target(node.target, node.iter)
+        self.generic_visit(node)
+
+    # definitions -------------------------------------------------------------------------
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        if node.keywords:
+            self.fail(node, "class keywords (metaclass=...)")
+        if node.name == "Mixer" and self.depth == 0:
+            self.has_mixer = True
+        if _is_dunder(node.name):
+            self.fail(node, f"the class name `{node.name}`")
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if _is_dunder(node.name) and node.name != "__init__":
+            self.fail(node, f"defining `{node.name}` (the only dunder method allowed is `__init__`)")
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_FunctionDef = _visit_function
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self.fail(node, "`async def`")
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.fail(node, "`global`")
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        self.fail(node, "`nonlocal`")
+
+    def visit_arg(self, node: ast.arg) -> None:
+        if _is_dunder(node.arg):
+            self.fail(node, f"the parameter name `{node.arg}`")
+        self.generic_visit(node)

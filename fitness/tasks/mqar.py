@@ -1,0 +1,67 @@
+"""Multi-query associative recall (MQAR), the Zoology synthetic (Arora et al. 2023).
+
+Each example starts with `kv` key-value pairs (keys from the lower half of the vocabulary,
+values from the upper half), then the keys are asked again at power-law distributed gaps
+among random filler tokens; at each query position the model must output the key's value.
+Only query positions are scored, so the backbone computes logits only there.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fitness.tasks import Batch
+
+
+def _distinct(g: torch.Generator, rows: int, k: int, low: int, high: int) -> torch.Tensor:
+    """(rows, k) integers in [low, high), distinct within each row (redraws rows with repeats)."""
+    if 4 * k > high - low:  # dense case: a random permutation per row
+        return torch.rand(rows, high - low, generator=g).argsort(dim=1)[:, :k] + low
+    out = torch.randint(low, high, (rows, k), generator=g)
+    while True:
+        srt = out.sort(dim=1).values
+        bad = (srt[:, 1:] == srt[:, :-1]).any(dim=1)
+        if not bad.any():
+            return out
+        out[bad] = torch.randint(low, high, (int(bad.sum()), k), generator=g)
+
+
+@dataclasses.dataclass
+class MQAR:
+    """MQAR generator for one (vocab_size, seq_len, num_kv_pairs), deterministic per torch.Generator."""
+
+    vocab_size: int = 8192
+    seq_len: int = 64
+    num_kv_pairs: int = 4
+    power_a: float = 0.01
+
+    @classmethod
+    def from_stage(cls, stage) -> "MQAR":
+        """Build from StageSettings."""
+        return cls(vocab_size=stage.vocab_size, seq_len=stage.seq_len, num_kv_pairs=stage.num_kv_pairs)
+
+    def make_batch(self, generator: torch.Generator, batch_size: int) -> Batch:
+        """Draw one batch of MQAR examples (Zoology layout, labels aligned with the query key)."""
+        g, b, kv, t, v = generator, batch_size, self.num_kv_pairs, self.seq_len, self.vocab_size
+        half = v // 2
+        keys = _distinct(g, b, kv, 1, half)  # keys in [1, half)
+        values = _distinct(g, b, kv, half, v)  # values in [half, v)
+        context = 2 * kv
+        space = (t - context) // 2
+        p = self.power_a * torch.arange(1, space + 1, dtype=torch.float64) ** (self.power_a - 1)
+        gaps = torch.multinomial(p.expand(b, space), kv, replacement=False, generator=g)
+        pos = context + 2 * gaps  # where each key is asked again
+        inputs = torch.randint(v, (b, t), generator=g)  # random filler everywhere else
+        inputs[:, 0:context:2] = keys
+        inputs[:, 1:context:2] = values
+        inputs.scatter_(1, pos, keys)
+        targets = torch.full((b, t), -100, dtype=torch.long)
+        targets.scatter_(1, pos, values)
+        mask = torch.zeros(b, t, dtype=torch.bool)
+        mask.scatter_(1, pos, True)
+        return Batch(inputs, targets, mask)
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+        """(correct, total): argmax accuracy at the query positions."""
+        return int((logits.argmax(dim=-1) == targets).sum()), int(targets.numel())
