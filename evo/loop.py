@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import shutil
 import time
@@ -27,6 +28,7 @@ from archive.store import Archive
 from evo.config import Config, ConfigError, dump_config, load_config
 from evo.genome import Evaluation, Genome, genome_id
 from evo.seeds import load_seeds
+from evo.summary import rank_correlation, seed_baseline, yield_stats
 from evo.toolbox import build_toolbox, make_individual
 from fitness.executor import EvalJob, LocalExecutor
 from operators.backends import CachedBackend
@@ -123,7 +125,8 @@ class Search:
         rng = random.Random(f"{self.config.run.seed}:{g}")
         random.seed(f"{self.config.run.seed}:{g}:select")  # DEAP selection draws from `random`
         parents = self.toolbox.select(population, cfg.offspring)
-        examples = tuple(self.examples())
+        examples = tuple(Scored(p.genome, p.fitness.values[0]) for p in
+                         sorted(population, key=lambda p: -p.fitness.values[0])[:self.config.llm.examples_k])
         specs = []
         for parent in parents:
             others = [p for p in population if p.genome.code_hash != parent.genome.code_hash]
@@ -158,13 +161,13 @@ class Search:
         for slot, proposal in enumerate(proposals, start=slot_base):
             if proposal.code is None:
                 self.archive.log_event("parse_failed", proposal.error, operator=proposal.operator,
-                                       parents=list(proposal.parents), generation=g)
+                                       parents=list(proposal.parents), generation=g, slot=slot)
                 children.append(Child(None, proposal.error, proposal=proposal))
                 continue
             try:
                 h = code_hash(proposal.code)
             except NormaliseError as exc:
-                self.archive.log_event("parse_failed", str(exc), generation=g)
+                self.archive.log_event("parse_failed", str(exc), generation=g, slot=slot)
                 children.append(Child(None, str(exc), proposal=proposal))
                 continue
             genome = Genome(genome_id(h, tuple(proposal.parents), proposal.operator, g, slot), proposal.code, h,
@@ -172,6 +175,9 @@ class Search:
                             motivation=proposal.motivation)
             self.archive.add_genome(genome, origin=_origin(proposal))
             child = Child(genome, proposal=proposal)
+            if self.archive.evaluations(genome.id, stage=1):  # screened before an interruption
+                children.append(child)
+                continue
             reused = self.archive.find_evaluated_by_hash(h, stage=1)
             if reused and reused[0].genome_id != genome.id:
                 for ev in reused:
@@ -206,7 +212,7 @@ class Search:
         jobs = [EvalJob(c.genome.id, c.genome.code, 1, stage.seeds[0]) for c in todo]
         for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 1", unit="genome",
                        disable=not jobs):
-            self.archive.add_evaluation(ev)
+            self.store(ev)
             self._settle(by_id[ev.genome_id], ev)
             log.info("  %s %-14s %s %s", ev.genome_id, by_id[ev.genome_id].genome.operator, ev.status,
                      f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
@@ -220,17 +226,26 @@ class Search:
             self.novelty_index().add([child.genome.id], vector[None, :])
 
     def promote(self, generation: int, children: list[Child]) -> None:
-        """Stage 2 (bigger, longer, several seeds) for the top-k of this generation's stage-1 scores."""
+        """Stage 2 (bigger, longer, several seeds) for the genomes the promotion policy picks."""
         fit = self.config.fitness
-        ranked = sorted((c for c in children if _scored(c)), key=lambda c: -c.evaluation.score)
-        chosen = ranked[:fit.promote_top_k]
+        chosen = promoted(fit.promotion, generation, [c for c in children if _scored(c)], self.archive)
         jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fit.stage2.seeds
                 if not any(e.seed == seed for e in self.archive.evaluations(c.genome.id, stage=2))]
         for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 2", unit="run",
                        disable=not jobs):
-            self.archive.add_evaluation(ev)
+            self.store(ev)
             log.info("  %s stage 2 seed %d %s %s", ev.genome_id, ev.seed, ev.status,
                      f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
+        if generation == 0:
+            self.archive.set_meta("seed_baseline", seed_baseline(self.archive))
+        self.archive.set_meta("rank_correlation", rank_correlation(self.archive))
+
+    def store(self, ev: Evaluation) -> None:
+        """Store an evaluation; once the seed baseline is known, with its score relative to it."""
+        baseline = (self.archive.get_meta("seed_baseline") or {}).get(f"stage{ev.stage}")
+        if ev.ok and baseline is not None:
+            ev.metrics["vs_seed_baseline"] = ev.score - baseline
+        self.archive.add_evaluation(ev)
 
     def elite(self, pool: list) -> list:
         hall = self.toolbox.hall_of_fame()
@@ -254,11 +269,6 @@ class Search:
 
     # ---- helpers -----------------------------------------------------------------
 
-    def examples(self) -> list[Scored]:
-        """The best stage-1 genomes of the archive, shown to the LLM as references."""
-        rows = self.archive.leaderboard(stage=1, n=self.config.llm.examples_k)
-        return [Scored(self.archive.genome(r.genome_id), r.mean) for r in rows]
-
     def researcher(self, rng: random.Random) -> Researcher:
         """The LLM researcher; the model loads on the first cache miss, not before."""
         if self._researcher is None:
@@ -278,12 +288,23 @@ class Search:
         return self.index
 
     def log_summary(self) -> None:
-        from evo.summary import yield_stats
-
         stats = yield_stats(self.archive)
         log.info("LLM yield: %s", stats)
         if self.index is not None:
             self.index.save(self.run_dir / INDEX_FILE)
+
+
+def promoted(rule, generation: int, scored: list[Child], archive: Archive) -> list[Child]:
+    """The scored children of a generation that go on to stage 2, by the promotion policy."""
+    ranked = sorted(scored, key=lambda c: -c.evaluation.score)
+    if generation == 0 or rule.policy == "top_k":
+        return ranked[:rule.top_k]
+    if rule.policy == "quantile":
+        every = sorted(ev.score for ev in archive.evaluations(stage=1, status="ok"))
+        bar = every[min(len(every) - 1, int(rule.quantile * len(every)))]
+    else:
+        bar = (archive.get_meta("seed_baseline") or {}).get("stage1", float("-inf")) + rule.margin
+    return [c for c in ranked if c.evaluation.score >= bar][:rule.top_k]
 
 
 class LazyVLLM:
@@ -297,6 +318,7 @@ class LazyVLLM:
 
     def generate(self, requests):
         if self._backend is None:
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the run log says what matters
             from operators.backends import VLLMBackend
 
             log.info("loading %s into vLLM", self.settings.model)

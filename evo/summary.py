@@ -28,12 +28,41 @@ def stage_scores(archive: Archive, stage: int) -> dict[str, list[float]]:
     return scores
 
 
+def _mean(scores: list[float]) -> float:
+    return sum(scores) / len(scores)
+
+
+def seed_baseline(archive: Archive) -> dict[str, float | None]:
+    """The best seed genome's mean score at each stage, measured in this run."""
+    seeds = {g.id for g in archive.genomes(generation=0) if g.operator == "seed"}
+    out = {}
+    for stage in (1, 2):
+        means = [_mean(s) for gid, s in stage_scores(archive, stage).items() if gid in seeds]
+        out[f"stage{stage}"] = max(means) if means else None
+    return out
+
+
+def rank_correlation(archive: Archive) -> dict[str, float | int | None]:
+    """Spearman rank correlation of stage-1 score and stage-2 mean over the promoted genomes."""
+    from scipy.stats import spearmanr
+
+    s1, s2 = stage_scores(archive, 1), stage_scores(archive, 2)
+    both = [gid for gid in s2 if gid in s1]
+    if len(both) < 3:
+        return {"spearman": None, "p_value": None, "n": len(both)}
+    rho, p = spearmanr([max(s1[g]) for g in both], [_mean(s2[g]) for g in both])
+    finite = rho == rho  # NaN when one side is constant
+    return {"spearman": float(rho) if finite else None, "p_value": float(p) if finite else None, "n": len(both)}
+
+
 def yield_stats(archive: Archive) -> dict[str, float]:
     """How useful the LLM was: children produced, parsed, passing the checks, beating their parent."""
     stage1 = {gid: max(s) for gid, s in stage_scores(archive, 1).items()}
     genomes = archive.genomes()
     llm = [g for g in genomes if g.operator.startswith("llm_")]
-    unparsed = len(archive.events(kind="parse_failed"))
+    # a resumed generation logs its parse failures again: count each (generation, slot) once
+    unparsed = len({(e["data"].get("generation"), e["data"].get("slot"), e["message"])
+                    for e in archive.events(kind="parse_failed")})
     passed = [g for g in llm if g.id in stage1]
     beat = [g for g in passed if g.parents and stage1[g.id] > max(stage1.get(p, float("-inf")) for p in g.parents)]
     seeds = [stage1[g.id] for g in genomes if g.operator == "seed" and g.id in stage1]
@@ -60,6 +89,12 @@ def _fmt(scores: list[float] | None) -> str:
     return f"{mean:.4f}±{spread:.4f} (n={len(scores)})"
 
 
+def _delta(scores: list[float] | None, baseline: float | None) -> str:
+    if not scores or baseline is None:
+        return "-"
+    return f"{_mean(scores) - baseline:+.4f}"
+
+
 def print_top(run_dir: Path, n: int = 20) -> None:
     """Print the stage-1 leaderboard with stage-2 scores, params, operator and parents, then the yield."""
     archive = open_run(run_dir)
@@ -68,12 +103,15 @@ def print_top(run_dir: Path, n: int = 20) -> None:
     genomes = {g.id: g for g in archive.genomes()}
     ranked = sorted(s1, key=lambda gid: (-max(s1[gid]), -(sum(s2.get(gid, [0])) / len(s2.get(gid, [0])))))[:n]
     table = Table(title=f"{run_dir} — top {len(ranked)} by stage-1 score (status: {archive.get_meta('status')})")
-    for column in ("#", "genome", "gen", "operator", "parents", "stage 1", "stage 2", "params", "motivation"):
+    base = seed_baseline(archive)
+    for column in ("#", "genome", "gen", "operator", "parents", "stage 1", "vs seeds", "stage 2", "vs seeds",
+                   "params", "motivation"):
         table.add_column(column)
     for rank, gid in enumerate(ranked, 1):
         g = genomes[gid]
         table.add_row(str(rank), gid, str(g.generation), g.operator, ",".join(g.parents) or "-",
-                      _fmt(s1[gid]), _fmt(s2.get(gid)), f"{params.get(gid) or 0:,}", g.motivation[:50])
+                      _fmt(s1[gid]), _delta(s1[gid], base["stage1"]), _fmt(s2.get(gid)),
+                      _delta(s2.get(gid), base["stage2"]), f"{params.get(gid) or 0:,}", g.motivation[:50])
     console = Console(width=200)
     console.print(table)
     stats = yield_stats(archive)
@@ -81,6 +119,10 @@ def print_top(run_dir: Path, n: int = 20) -> None:
                   f"{stats['passed_checks']} ({stats['yield_pass']:.0%}), beat their parent: "
                   f"{stats['beat_parent']} ({stats['yield_beat']:.0%})")
     console.print(f"best stage-1: LLM-made {stats['best_llm_stage1']}, seeds {stats['best_seed_stage1']}")
+    corr = rank_correlation(archive)
+    rho = "n/a" if corr["spearman"] is None else f"{corr['spearman']:.3f} (p={corr['p_value']:.3g})"
+    console.print(f"seed baseline: stage 1 {base['stage1']}, stage 2 {base['stage2']}; Spearman stage 1 vs "
+                  f"stage 2 over {corr['n']} promoted genomes: {rho}")
     failures = [ev for ev in archive.evaluations(stage=1) if not ev.ok]
     console.print(f"rejected or failed evaluations: {len(failures)}; LLM calls: {archive.llm_stats()}")
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     "search.generations=1", "search.population=3", "search.offspring=3",
-    "fitness.workers=2", "fitness.promote_top_k=1",
+    "fitness.workers=2", "fitness.promotion.top_k=1",
     "fitness.stage1.steps=20", "fitness.stage2.steps=20", "fitness.stage2.seq_len=64",
     "fitness.stage2.num_kv_pairs=4", "llm.max_tokens=600", "llm.repair_attempts=1",
 ]
