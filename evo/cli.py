@@ -1,4 +1,4 @@
-"""The `evo` command line: run, resume, validate, top, show."""
+"""The `evo` command line: run, resume, validate, evaluate, top, show."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_validate)
+
+    from evo.evaluate_cmd import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
 
     p = sub.add_parser("top", help="leaderboard of a run")
     p.add_argument("run_dir")

@@ -30,7 +30,7 @@ from evo.genome import Evaluation, Genome, genome_id
 from evo.seeds import load_seeds
 from evo.summary import rank_correlation, seed_baseline, yield_stats
 from evo.toolbox import build_toolbox, make_individual
-from fitness.executor import EvalJob, LocalExecutor
+from fitness.executor import EvalJob, make_executor
 from operators.backends import CachedBackend
 from operators.researcher import Proposal, Researcher, Scored, Spec
 
@@ -82,7 +82,7 @@ class Search:
         _setup_logging(run_dir / LOG_FILE)
         self.archive = Archive(run_dir / ARCHIVE_FILE)
         self.toolbox = build_toolbox(config.search)
-        self.executor = LocalExecutor(config.fitness)
+        self.executor = make_executor(config.fitness)
         self.embedder = Embedder()
         self.index: NoveltyIndex | None = None
         self._researcher: Researcher | None = None

@@ -3,13 +3,16 @@
 Each check answers one question and returns None (pass) or a reason string the LLM
 repair step can act on: does the output have the input's shape and dtype, is it finite,
 do gradients flow and stay finite, is the mixer deterministic and causal (changing tokens
-after t never changes outputs at <= t), does it fit the parameter budget. A timing probe
-at several lengths estimates how the cost scales with the sequence length.
+after t never changes outputs at <= t), does it fit the parameter budget. A complexity probe
+measures forward time and activation memory at several lengths, fits how the cost
+scales with the sequence length, and can reject super-linear mixers
+(CheckSettings.max_complexity_exponent).
 """
 from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 
 import torch
@@ -41,6 +44,8 @@ def check_output(mixer: nn.Module, x: torch.Tensor) -> str | None:
     y = mixer(x)
     if not isinstance(y, torch.Tensor):
         return f"forward must return a Tensor, got {type(y).__name__}"
+    if type(y) is not torch.Tensor:
+        return f"forward must return a plain torch.Tensor, got the subclass {type(y).__name__}"
     if y.shape != x.shape:
         return f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)} (batch, seq, d_model)"
     if y.dtype != x.dtype:
@@ -99,22 +104,84 @@ def check_causality(mixer: nn.Module, x: torch.Tensor, checks: CheckSettings, rn
     return None
 
 
+def saved_activation_bytes(mixer: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in one forward (parameters
+    excluded): the activation memory training pays per layer, exact and allocator-independent
+    (a (T x T) attention matrix shows as T**2). Uses saved_tensors_hooks, not a dispatch mode,
+    which would import torch._dynamo (~2 s) in every fresh worker."""
+    params = {p.untyped_storage().data_ptr() for p in mixer.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params:
+            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mixer(x.detach().requires_grad_(True))
+    del y
+    return sum(seen.values())
+
+
+def fit_exponent(lengths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(length): cost ~ T**slope."""
+    xs = [math.log(t) for t in lengths]
+    ys = [math.log(max(v, 1e-12)) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
 @torch.no_grad()
-def complexity_probe(mixer: nn.Module, d_model: int, seq_len: int, device: str) -> dict:
-    """Forward time (ms, batch 1) at seq_len, 2x and 4x; exponent of time ~ T**k between the ends."""
-    times = {}
-    for t in (seq_len, 2 * seq_len, 4 * seq_len):
-        x = torch.randn(4, t, d_model, device=device)
-        mixer(x)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(2):
-            mixer(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times[t] = (time.perf_counter() - t0) / 2 * 1000
-    lo, hi = times[seq_len], times[4 * seq_len]
-    exponent = math.log(max(hi, 1e-6) / max(lo, 1e-6)) / math.log(4)
-    return {"forward_ms": {str(k): round(v, 3) for k, v in times.items()}, "scaling_exponent": round(exponent, 2)}
+def complexity_probe(mixer: nn.Module, d_model: int, lengths: list[int], device: str, repeats: int = 5,
+                     time_margin: float = 0.4) -> dict:
+    """How the cost of one forward (batch 1) grows with the sequence length T.
+
+    At each length: the activation memory saved for backward (MiB, exact, see
+    saved_activation_bytes) and the forward time (ms, no grad; the lower quartile of
+    `repeats` timed passes after a warm-up, interleaved across lengths so a burst of load
+    hits every length alike). Exponents k of cost ~ T**k are least-squares fits over all
+    lengths. "scaling_exponent", the one a limit is checked against, is the larger of the
+    memory exponent (deterministic) and the time exponent less `time_margin` (wall time on
+    a shared CPU is noisy, but it still catches quadratic work that saves nothing for
+    backward, e.g. a broadcast product reduced at once, or a Python loop over pairs)."""
+    lengths = sorted(set(lengths))
+    xs = {t: torch.randn(1, t, d_model, device=device) for t in lengths}
+    mems = {t: saved_activation_bytes(mixer, xs[t]) / 2 ** 20 for t in lengths}  # also the warm-up
+    runs: dict[int, list[float]] = {t: [] for t in lengths}
+    for _ in range(repeats):  # round-robin, so a burst of load hits every length alike
+        for t in lengths:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            mixer(xs[t])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            runs[t].append(time.perf_counter() - t0)
+    # noise only ever adds time: the lower quartile is steadier than the median on a shared CPU
+    times = {t: statistics.quantiles(r, n=4)[0] * 1000 if len(r) >= 4 else min(r) * 1000 for t, r in runs.items()}
+    time_k = fit_exponent(lengths, [times[t] for t in lengths])
+    mem_k = fit_exponent(lengths, [mems[t] for t in lengths])
+    return {
+        "forward_ms": {str(k): round(v, 3) for k, v in times.items()},
+        "activation_mib": {str(k): round(v, 3) for k, v in mems.items()},
+        "time_exponent": round(time_k, 2), "memory_exponent": round(mem_k, 2),
+        "scaling_exponent": round(max(mem_k, time_k - time_margin), 2),
+    }
+
+
+def check_complexity(metrics: dict, checks: CheckSettings) -> str | None:
+    """Reject when the fitted exponent exceeds checks.max_complexity_exponent."""
+    limit = checks.max_complexity_exponent
+    k = metrics["scaling_exponent"]
+    if limit is None or k <= limit:
+        return None
+    lengths = ", ".join(metrics["forward_ms"])
+    return (f"complexity: cost grows as T**{k:.2f} (activation-memory exponent {metrics['memory_exponent']:.2f}, "
+            f"time exponent {metrics['time_exponent']:.2f}, fitted at T = {lengths}), above the limit "
+            f"max_complexity_exponent = {limit:g}; the mixer must be sub-quadratic, e.g. a recurrent or "
+            f"chunked form instead of a (T x T) matrix")
 
 
 def run_checks(make_mixer, d_model: int, seq_len: int, checks: CheckSettings, seed: int,
@@ -138,6 +205,10 @@ def run_checks(make_mixer, d_model: int, seq_len: int, checks: CheckSettings, se
     if reason:
         raise CheckFailed(reason)
     metrics = {"params_mixer_layer": sum(p.numel() for p in mixer.parameters())}
-    if checks.complexity_probe:
-        metrics["complexity"] = complexity_probe(mixer, d_model, seq_len, device)
+    if checks.complexity_probe or checks.max_complexity_exponent is not None:
+        metrics["complexity"] = complexity_probe(mixer, d_model, checks.complexity_lengths, device,
+                                                 checks.complexity_repeats, checks.complexity_time_margin)
+        reason = check_complexity(metrics["complexity"], checks)
+        if reason:
+            raise CheckFailed(reason)
     return metrics

