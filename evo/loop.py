@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from archive.store import Archive
 from evo.config import Config, ConfigError, dump_config, load_config
 from evo.genome import Evaluation, Genome, genome_id
 from evo.seeds import load_seeds
-from evo.summary import rank_correlation, seed_baseline, yield_stats
+from evo.summary import ARCHIVE_FILE, rank_correlation, seed_baseline, yield_stats
 from evo.toolbox import build_toolbox, make_individual
 from fitness.executor import EvalJob, make_executor
 from operators.backends import CachedBackend
@@ -37,7 +36,6 @@ from operators.researcher import Proposal, Researcher, Scored, Spec
 log = logging.getLogger("evo")
 
 CONFIG_FILE = "config.toml"
-ARCHIVE_FILE = "archive.sqlite"
 LOG_FILE = "run.log"
 INDEX_FILE = "novelty.faiss"
 
@@ -95,7 +93,6 @@ class Search:
         self.archive.set_meta("status", "running")
         last = self.archive.last_checkpoint()
         if last is None:
-            log.info("generation 0: evaluating %d seed genomes", len(load_seeds()))
             population = self.seed_generation()
             last = 0
         else:
@@ -108,7 +105,9 @@ class Search:
 
     def seed_generation(self) -> list:
         seeds = []
-        for slot, (name, code) in enumerate(load_seeds()):
+        library = load_seeds()
+        log.info("generation 0: evaluating %d seed genomes", len(library))
+        for slot, (name, code) in enumerate(library):
             h = code_hash(code)
             genome = Genome(genome_id(h, (), "seed", 0, slot), code, h, operator="seed", motivation=name)
             self.archive.add_genome(genome, origin={"seed": name})
