@@ -6,6 +6,7 @@ is what the worker runs: load the module, structural checks, train, score.
 """
 from __future__ import annotations
 
+import functools
 import linecache
 import secrets
 import threading
@@ -14,6 +15,7 @@ import traceback
 import types
 
 from evo.genome import Evaluation
+from fitness.forkserver import ForkServerError
 from fitness.policy import check_policy
 from fitness.settings import CheckSettings, FitnessSettings, StageSettings
 
@@ -90,12 +92,13 @@ def evaluate_in_process(code: str, stage: dict | StageSettings, checks: dict | C
 
 def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSettings | None, seed: int,
              fitness_settings: FitnessSettings, *, device: str | None = None, env: dict[str, str] | None = None,
-             cancel: threading.Event | None = None) -> Evaluation:
+             cancel: threading.Event | None = None, server=None) -> Evaluation:
     """Evaluate one genome at `stage` with training `seed`; never raises for a bad genome.
 
     stage_settings: None uses fitness_settings.stage(stage). device: a resolved "cpu"/"cuda"
     (default: resolve fitness_settings.device). env: extra environment for the worker
     (e.g. CUDA_VISIBLE_DEVICES of an executor slot). cancel: set it to kill the run early.
+    server: a started fitness.forkserver.ForkServer to fork the worker from (None: spawn one).
     """
     from fitness import sandbox
     from fitness.device import resolve_device
@@ -118,11 +121,17 @@ def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSetting
         "threads": fitness_settings.threads_per_worker, "max_procs": sb.max_procs,
         "memory_mb": None if device.startswith("cuda") else sb.memory_mb,
     }
-    outcome = sandbox.run_job(job, sb, timeout_s=st.timeout_s or sb.timeout_s,
-                              limit_memory=not device.startswith("cuda"), env=env, cancel=cancel)
+    run = functools.partial(sandbox.run_job, job, sb, timeout_s=st.timeout_s or sb.timeout_s,
+                            limit_memory=not device.startswith("cuda"), env=env, cancel=cancel)
+    try:
+        outcome = run(server=server)
+    except ForkServerError:  # the slot's server is gone (the executor restarts it): spawn this one
+        server = None
+        outcome = run(server=None)
     res = outcome.result or {}
     metrics = dict(res.get("metrics") or {})
-    metrics.update(device=device, threads=fitness_settings.threads_per_worker)
+    metrics.update(device=device, threads=fitness_settings.threads_per_worker,
+                   launch="fork" if server is not None else "spawn")
     if outcome.log_tail and outcome.status != "ok":
         metrics["log_tail"] = outcome.log_tail
     return Evaluation(

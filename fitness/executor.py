@@ -2,14 +2,18 @@
 
 `LocalExecutor` keeps `workers` evaluations in flight. Each runs in its own sandboxed
 subprocess (that process is the isolation and the parallelism); a thread per slot only
-drives it, so no Python state is shared with genomes. On CUDA each slot is pinned to a
-GPU (round-robin via CUDA_VISIBLE_DEVICES). `RayExecutor` (fitness.executor_ray) runs the
+drives it, so no Python state is shared with genomes. Each slot owns a fork server
+(fitness.forkserver, started on first use, restarted if it dies) that forks the fresh
+process of every evaluation, so torch is imported once per slot rather than once per
+genome; `sandbox.fork_server = false` spawns a new interpreter each time instead. On
+CUDA each slot is pinned to a GPU (round-robin via CUDA_VISIBLE_DEVICES). `RayExecutor` (fitness.executor_ray) runs the
 same sandboxed evaluation as Ray tasks behind the same interface; `make_executor(settings)`
 picks one by `settings.executor`.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,7 +22,11 @@ from typing import Iterable, Iterator, Protocol
 from evo.genome import Evaluation
 from fitness.device import device_slots, resolve_device
 from fitness.evaluate import evaluate
+from fitness.forkserver import ForkServer, ForkServerError
+from fitness.sandbox import worker_env
 from fitness.settings import FitnessSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,25 +39,52 @@ class EvalJob:
     seed: int
 
 
+@dataclasses.dataclass
+class Slot:
+    """One CPU or GPU slot: its environment overrides and its fork server (started on first use)."""
+
+    env: dict[str, str]
+    server: ForkServer | None = None
+    fork_failed: bool = False  # the server would not start: this slot spawns from now on
+
+
 class LocalExecutor:
     """Evaluate jobs in up to `settings.workers` sandboxed subprocesses at once."""
 
     def __init__(self, settings: FitnessSettings):
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self._slots: queue.Queue[dict[str, str]] = queue.Queue()
-        for env in device_slots(self.device, settings.workers):
-            self._slots.put(env)
+        self._slots: queue.Queue[Slot] = queue.Queue()
+        self._all_slots = [Slot(env) for env in device_slots(self.device, settings.workers)]
+        for slot in self._all_slots:
+            self._slots.put(slot)
         self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="evoarch-eval")
 
+    def _server(self, slot: "Slot") -> ForkServer | None:
+        """The slot's running fork server, started (or restarted) here; None to spawn instead."""
+        if not self.settings.sandbox.fork_server or slot.fork_failed:
+            return None
+        if slot.server is not None and slot.server.alive() and slot.server.sock is not None:
+            return slot.server
+        if slot.server is not None:
+            slot.server.close()
+        from fitness.tasks import data_env
+
+        try:
+            slot.server = ForkServer().start(worker_env(self.settings.threads_per_worker, {**data_env(), **slot.env}))
+        except (ForkServerError, OSError) as e:
+            log.warning("fork server failed to start (%s); spawning a fresh interpreter per evaluation", e)
+            slot.server, slot.fork_failed = None, True
+        return slot.server
+
     def _run_one(self, job: EvalJob) -> Evaluation:
-        env = self._slots.get()
+        slot = self._slots.get()
         try:
             return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings,
-                            device=self.device, env=env, cancel=self._cancel)
+                            device=self.device, env=slot.env, cancel=self._cancel, server=self._server(slot))
         finally:
-            self._slots.put(env)
+            self._slots.put(slot)
 
     def run(self, jobs: Iterable[EvalJob]) -> Iterator[Evaluation]:
         """Yield one Evaluation per job, in completion order. Closing the iterator early
@@ -72,6 +107,10 @@ class LocalExecutor:
         """Kill evaluations in flight and stop the threads."""
         self._cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for slot in self._all_slots:
+            if slot.server is not None:
+                slot.server.close()
+                slot.server = None
 
     def __enter__(self) -> "LocalExecutor":
         return self

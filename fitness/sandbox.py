@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from fitness.forkserver import ForkServer, ForkServerError
 from fitness.settings import SandboxSettings
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,10 +106,109 @@ def _parse_report(stdout: bytes, nonce: str) -> tuple[dict | None, str]:
     return result, ""
 
 
+def worker_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment of a worker (or of the fork server its workers come from)."""
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env.update(PYTHONPATH=PROJECT_ROOT, PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONHASHSEED="0",
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.update(extra or {})
+    return env
+
+
+def _exchange(stdin_fd: int, stdout_fd: int, payload: bytes, t0: float, timeout_s: float,
+              cancel: threading.Event | None, pgid: int) -> tuple[bytes, str, str]:
+    """Send the job, read the report until EOF; kill the group at the deadline or on cancel.
+    Returns (stdout, status, reason); status is "" when the child ended on its own."""
+    os.set_blocking(stdin_fd, False)
+    out = bytearray()
+    writing, status, reason = True, "", ""
+    try:
+        while True:
+            left = timeout_s - (time.monotonic() - t0)
+            if left <= 0:
+                status, reason = "timeout", f"timeout after {timeout_s:g} s (wall); process group killed"
+            elif cancel is not None and cancel.is_set():
+                status, reason = "killed", "cancelled by the executor; process group killed"
+            if status:
+                _kill_group(pgid)
+                break
+            rlist, wlist, _ = select.select([stdout_fd], [stdin_fd] if writing else [], [], min(_POLL_S, left))
+            if wlist:
+                try:
+                    payload = payload[os.write(stdin_fd, payload):]
+                except BrokenPipeError:
+                    payload = b""
+                if not payload:
+                    os.close(stdin_fd)
+                    writing = False
+            if rlist:
+                chunk = os.read(stdout_fd, 65536)
+                if not chunk:
+                    break
+                out += chunk
+        if status:  # drain what the dead group wrote, briefly
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end and select.select([stdout_fd], [], [], 0.1)[0]:
+                chunk = os.read(stdout_fd, 65536)
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        if writing:
+            os.close(stdin_fd)
+        os.close(stdout_fd)
+    return bytes(out), status, reason
+
+
+def _launch_spawn(scratch: str, log_path: str, env: dict[str, str]) -> tuple[int, int, int, "subprocess.Popen"]:
+    """A fresh `python -m fitness.worker`: (pid, stdin fd, stdout fd, process)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fitness.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, cwd=scratch, env={**env, "EVOARCH_PARENT_PID": str(os.getpid())},
+            start_new_session=True, close_fds=True,
+        )
+    stdin_fd, stdout_fd = os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno())
+    proc.stdin.close()
+    proc.stdout.close()
+    return proc.pid, stdin_fd, stdout_fd, proc
+
+
+def _launch_fork(server: ForkServer, scratch: str, log_path: str, env: dict[str, str]) -> tuple[int, int, int]:
+    """A worker forked by `server`: (pid, stdin fd, stdout fd)."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        pid = server.spawn((stdin_r, stdout_w, log_fd), scratch, env)
+    except BaseException:
+        for fd in (stdin_w, stdout_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdin_r, stdout_w, log_fd):
+            os.close(fd)
+    return pid, stdin_w, stdout_r
+
+
+def _fork_exit_code(server: ForkServer, pid: int) -> int | None:
+    """The worker's exit code from its fork server; None if the server died meanwhile."""
+    try:
+        return server.wait(pid)
+    except ForkServerError:
+        return None
+
+
 def run_job(job: dict, settings: SandboxSettings, timeout_s: float | None = None, *, limit_memory: bool = True,
-            env: dict[str, str] | None = None, cancel: threading.Event | None = None) -> Outcome:
+            env: dict[str, str] | None = None, cancel: threading.Event | None = None,
+            server: ForkServer | None = None) -> Outcome:
     """Run `job` (see fitness.worker) in a sandboxed child; always returns an Outcome, never raises
-    for anything the genome does. `job` must hold a "nonce"; "scratch" is filled in here."""
+    for anything the genome does. `job` must hold a "nonce"; "scratch" is filled in here.
+
+    server: a started ForkServer to fork the child from (its environment already holds the
+    worker environment and `env`); None spawns a fresh interpreter. Raises ForkServerError
+    when the server cannot fork (nothing of the genome ran then).
+    """
     timeout_s = timeout_s or settings.timeout_s
     t0 = time.monotonic()
     root = tempfile.mkdtemp(prefix="evoarch-eval-")
@@ -115,57 +216,37 @@ def run_job(job: dict, settings: SandboxSettings, timeout_s: float | None = None
     os.mkdir(scratch)
     log_path = os.path.join(root, "worker.log")
     job = dict(job, scratch=scratch)
-    child_env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
-    threads = str(job.get("threads", 1))
-    child_env.update(
-        PYTHONPATH=PROJECT_ROOT, PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONHASHSEED="0",
-        HOME=scratch, TMPDIR=scratch, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-    )
-    child_env.update(env or {})
+    threads = int(job.get("threads", 1))
+    home = {"HOME": scratch, "TMPDIR": scratch}
+    pid = None
     proc = None
     try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fitness.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, cwd=scratch, env=child_env, start_new_session=True, close_fds=True,
-            )
-        pgid = proc.pid  # start_new_session: the child leads its own group
+        if server is not None:  # a ForkServerError here propagates: no genome ran, the caller may spawn
+            pid, stdin_fd, stdout_fd = _launch_fork(server, scratch, log_path, {**(env or {}), **home})
+        else:
+            pid, stdin_fd, stdout_fd, proc = _launch_spawn(scratch, log_path, worker_env(threads, {**home, **(env or {})}))
         try:
-            _apply_limits(proc.pid, settings, limit_memory)
+            _apply_limits(pid, settings, limit_memory)
         except OSError as e:  # the child died already; report below
             if not isinstance(e, ProcessLookupError):
-                _kill_group(pgid)
+                _kill_group(pid)
+                os.close(stdin_fd)
+                os.close(stdout_fd)
                 return Outcome("failed", f"could not set resource limits: {e}", wall_s=time.monotonic() - t0)
-        stdout, status, reason = b"", "", ""
-        payload: bytes | None = json.dumps(job).encode()
-        while True:
-            remaining = timeout_s - (time.monotonic() - t0)
-            try:
-                out, _ = proc.communicate(payload, timeout=max(0.01, min(_POLL_S, remaining)))
-                stdout += out or b""
-                break
-            except subprocess.TimeoutExpired:
-                payload = None  # sent; later calls only read
-                if time.monotonic() - t0 >= timeout_s:
-                    status, reason = "timeout", f"timeout after {timeout_s:g} s (wall); process group killed"
-                elif cancel is not None and cancel.is_set():
-                    status, reason = "killed", "cancelled by the executor; process group killed"
-                else:
-                    continue
-                _kill_group(pgid)
-                out, _ = proc.communicate()
-                stdout += out or b""
-                break
-        _kill_group(pgid)  # threads are gone with the process; stray children are not
+        stdout, status, reason = _exchange(stdin_fd, stdout_fd, json.dumps(job).encode(), t0, timeout_s, cancel, pid)
+        _kill_group(pid)  # threads are gone with the process; stray children are not
+        rc = proc.wait() if proc is not None else _fork_exit_code(server, pid)
+        pid = None
         wall = time.monotonic() - t0
         log_tail = _tail(log_path, settings.log_tail_chars)
         if status:
-            return Outcome(status, reason, None, log_tail, wall, proc.returncode)
+            return Outcome(status, reason, None, log_tail, wall, rc)
         result, corrupt = _parse_report(stdout, job["nonce"])
-        rc = proc.returncode
-        if result is not None and rc == 0:
+        if result is not None and rc in (0, None):  # None: the fork server died after a complete report
             return Outcome(result["status"], result.get("reason", ""), result, log_tail, wall, rc)
-        if rc is not None and rc < 0:
+        if rc is None:
+            status, reason = "failed", "the fork server died during the evaluation (the worker was killed with it)"
+        elif rc < 0:
             status, reason = _signal_reason(-rc, settings)
         else:
             status, reason = "failed", corrupt or f"exit code {rc} before reporting"
@@ -176,7 +257,10 @@ def run_job(job: dict, settings: SandboxSettings, timeout_s: float | None = None
     except OSError as e:
         return Outcome("failed", f"could not run the worker: {e}", wall_s=time.monotonic() - t0)
     finally:
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc.pid)
-            proc.wait()
+        if pid is not None:
+            _kill_group(pid)
+            if proc is not None:
+                proc.wait()
+            else:
+                _fork_exit_code(server, pid)
         shutil.rmtree(root, ignore_errors=True)

@@ -204,7 +204,15 @@ def _no_threads(*args, **kwargs):
 
 
 def main() -> None:
-    """Run one job from stdin; report on the original stdout; exit."""
+    """Run one job from stdin; report on the original stdout; exit. Dies with the process
+    that started it (PR_SET_PDEATHSIG), so an evaluation never outlives a killed engine."""
+    parent = os.environ.pop("EVOARCH_PARENT_PID", "")
+    if parent:  # spawned by the engine (a forked worker got this from its fork server)
+        from fitness.forkserver import set_parent_death_signal
+
+        set_parent_death_signal()
+        if os.getppid() != int(parent):  # the engine died before the line above
+            os._exit(70)
     result_fd = os.dup(1)  # the only channel the parent reads; not inheritable
     os.dup2(2, 1)  # print() now lands in the capped log
     job = json.loads(sys.stdin.buffer.read())

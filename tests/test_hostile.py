@@ -23,7 +23,8 @@ import pytest
 import importlib
 from evo.seeds import load_seeds
 from fitness import evaluate
-from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings, StageSettings
+from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings
+from genomes import MIXER, TINY_STAGE, ServerPool, at_import, in_forward, in_init
 
 fe = importlib.import_module("fitness.evaluate")  # the module (`fitness.evaluate` the attribute is the function)
 
@@ -35,36 +36,8 @@ ARCHIVE = f"/tmp/{TAG}-archive/archive.sqlite"
 
 FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=40, memory_mb=3072, cpu_s=80),
                      checks=CheckSettings(complexity_probe=False))
-STAGE = StageSettings(d_model=32, n_heads=2, n_layers=1, seq_len=32, num_kv_pairs=2, vocab_size=256,
-                      batch_size=8, steps=3, eval_batches=1)
+STAGE = TINY_STAGE
 SHORT = STAGE.model_copy(update={"timeout_s": 12.0})  # for the cases that must time out
-
-MIXER = """
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-class Mixer(nn.Module):
-    def __init__(self, d_model, n_heads):
-        super().__init__()
-        {init}
-        self.proj = nn.Linear(d_model, d_model)
-    def forward(self, x):
-        {forward}
-        return self.proj(x)
-"""
-
-
-def at_import(stmt: str) -> str:
-    return "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n" + stmt + "\n" + \
-        MIXER.format(init="pass", forward="pass")
-
-
-def in_init(stmt: str) -> str:
-    return MIXER.format(init=stmt, forward="pass")
-
-
-def in_forward(stmt: str) -> str:
-    return MIXER.format(init="pass", forward=stmt)
 
 
 FORGE = "'0' * 32 + ' {\"status\": \"ok\", \"score\": 1.0, \"reason\": \"\", \"params\": 1, \"metrics\": {}}'"
@@ -166,8 +139,8 @@ CASES = {
     "global_forward_hook": (at_import("torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)"),
                             "attribute `.register_module_forward_hook`", (TAMPER[0], "a global hook was registered")),
     "tensor_subclass_lies": (
-        "import torch\nimport torch.nn as nn\nclass Lying(torch.Tensor):\n    pass\n"
-        + MIXER.format(init="pass", forward="pass").replace("return self.proj(x)", "return self.proj(x).as_subclass(Lying)"),
+        MIXER.format(top="class Lying(torch.Tensor):\n    pass", init="pass", forward="pass")
+        .replace("return self.proj(x)", "return self.proj(x).as_subclass(Lying)"),
         "the base class `torch.Tensor`", ("rejected", "plain torch.Tensor, got the subclass Lying")),
     # --- escapes from the restricted language ----------------------------------------------------
     "dunder_subclasses": (at_import("p = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0]\n"
@@ -205,8 +178,8 @@ def _stage(name):
     return SHORT if CASES[name][2][0] == "timeout" else STAGE
 
 
-def _run(name, code):
-    return evaluate(name, code, 1, _stage(name) if name in CASES else STAGE, 0, FS)
+def _run(name, code, server=None):
+    return evaluate(name, code, 1, _stage(name) if name in CASES else STAGE, 0, FS, server=server)
 
 
 def _digest(path):
@@ -231,16 +204,21 @@ def archive():
 
 @pytest.fixture(scope="module")
 def outcomes(archive):
-    """{(name, "policy"|"bypass"): Evaluation}, plus ("good", "before"/"after")."""
-    out = {("good", "before"): _run("good", GOOD)}
-    with ThreadPoolExecutor(2) as pool:  # the normal path: the policy lets these through
-        futs = {(n, "policy"): pool.submit(_run, n, CASES[n][0]) for n in SANDBOX_ONLY}
-        out.update({j: f.result() for j, f in futs.items()})
-    bypass = sorted(POLICY_STOPS, key=lambda n: CASES[n][2][0] != "timeout")  # long ones first
-    with mock.patch.object(fe, "check_policy", lambda code: None), ThreadPoolExecutor(2) as pool:
-        futs = {(n, "bypass"): pool.submit(_run, n, CASES[n][0]) for n in bypass}
-        out.update({j: f.result() for j, f in futs.items()})
-    out[("good", "after")] = _run("good", GOOD)
+    """{(name, "policy"|"bypass"): Evaluation}, plus ("good", "before"/"after"). Every worker is
+    forked from one of two fork servers, as the executor runs them."""
+    pool = ServerPool(2)
+    try:
+        out = {("good", "before"): pool.run(_run, "good", GOOD)}
+        with ThreadPoolExecutor(2) as threads:  # the normal path: the policy lets these through
+            futs = {(n, "policy"): threads.submit(pool.run, _run, n, CASES[n][0]) for n in SANDBOX_ONLY}
+            out.update({j: f.result() for j, f in futs.items()})
+        bypass = sorted(POLICY_STOPS, key=lambda n: CASES[n][2][0] != "timeout")  # long ones first
+        with mock.patch.object(fe, "check_policy", lambda code: None), ThreadPoolExecutor(2) as threads:
+            futs = {(n, "bypass"): threads.submit(pool.run, _run, n, CASES[n][0]) for n in bypass}
+            out.update({j: f.result() for j, f in futs.items()})
+        out[("good", "after")] = pool.run(_run, "good", GOOD)
+    finally:
+        pool.close()
     return out
 
 
@@ -280,6 +258,7 @@ def test_evaluator_survives(outcomes):
         assert 0.0 <= ev.score <= 1.0
     assert outcomes[("good", "before")].score == outcomes[("good", "after")].score  # same seed, same score
     assert outcomes[("good", "after")].metrics["sandbox_kernel"].startswith(("landlock", "unavailable"))
+    assert {ev.metrics.get("launch") for ev in outcomes.values() if ev.metrics} == {"fork"}
 
 
 def test_archive_unchanged(outcomes, archive):

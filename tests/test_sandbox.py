@@ -9,28 +9,12 @@ import pytest
 
 from evo.seeds import load_seeds
 from fitness.sandbox import run_job
-from fitness.settings import CheckSettings, SandboxSettings, StageSettings
+from fitness.settings import CheckSettings, SandboxSettings
+from genomes import TINY_STAGE, ServerPool, at_import, in_forward, in_init
 
 MARK = f"/tmp/evoarch-hostile-{os.getpid()}"
 SANDBOX = SandboxSettings(timeout_s=25, memory_mb=3072, cpu_s=60)
-STAGE = StageSettings(d_model=32, n_heads=2, n_layers=1, seq_len=32, num_kv_pairs=2, vocab_size=256,
-                      batch_size=8, steps=2, eval_batches=1)
-MIXER = """
-import torch
-import torch.nn as nn
-class Mixer(nn.Module):
-    def __init__(self, d_model, n_heads):
-        super().__init__()
-        {init}
-        self.proj = nn.Linear(d_model, d_model)
-    def forward(self, x):
-        {forward}
-        return self.proj(x)
-"""
-
-
-def at_import(stmt):
-    return stmt + "\n" + MIXER.format(init="pass", forward="pass")
+STAGE = TINY_STAGE.model_copy(update={"steps": 2})
 
 
 HOSTILE = {
@@ -46,12 +30,12 @@ HOSTILE = {
     "import_escape": (at_import(f"__import__('os').system('touch {MARK}-i')"), "failed", "sandbox denied os.system"),
     "kill_parent": (at_import("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), "failed", "sandbox denied os.kill"),
     "raise_limits": (at_import("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))"), "failed", "sandbox denied resource.setrlimit"),
-    "loop_init": (MIXER.format(init="while True: pass", forward="pass"), "timeout", "timeout after"),
-    "loop_forward": (MIXER.format(init="pass", forward="while True: pass"), "timeout", "timeout after"),
+    "loop_init": (in_init("while True: pass"), "timeout", "timeout after"),
+    "loop_forward": (in_forward("while True: pass"), "timeout", "timeout after"),
     "signal_ignore_loop": (at_import("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                                      "signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass"),
                            "timeout", "timeout after"),
-    "allocate": (MIXER.format(init="self.big = [torch.empty(10**9) for _ in range(100)]", forward="pass"),
+    "allocate": (in_init("self.big = [torch.empty(10**9) for _ in range(100)]"),
                  "killed", "memory limit 3072 MB exceeded"),
     "sys_exit": (at_import("import sys\nsys.exit(3)"), "failed", "SystemExit: 3"),
     "os_exit": (at_import("import os\nos._exit(3)"), "failed", "exit code 3 before reporting"),
@@ -61,22 +45,29 @@ HOSTILE = {
 }
 
 
-def run_raw(code, sandbox=SANDBOX):
+def run_raw(code, sandbox=SANDBOX, server=None):
     job = {"nonce": secrets.token_hex(16), "code": code, "stage": STAGE.model_dump(),
            "checks": CheckSettings(complexity_probe=False).model_dump(), "seed": 0, "device": "cpu",
            "threads": 1, "max_procs": 0, "memory_mb": sandbox.memory_mb}
-    return run_job(job, sandbox, timeout_s=sandbox.timeout_s)
+    return run_job(job, sandbox, timeout_s=sandbox.timeout_s, server=server)
 
 
-@pytest.fixture(scope="module")
-def outcomes():
+@pytest.fixture(scope="module", params=["spawn", "fork"])
+def outcomes(request):
+    """{name: Outcome} with workers spawned fresh, or forked from two fork servers."""
     names = sorted(HOSTILE, key=lambda n: HOSTILE[n][1] != "timeout")  # long ones first
     small = SandboxSettings(timeout_s=12, memory_mb=3072, cpu_s=60)
-    with ThreadPoolExecutor(2) as pool:
-        futs = {n: pool.submit(run_raw, HOSTILE[n][0], small if HOSTILE[n][1] == "timeout" else SANDBOX)
-                for n in names}
-        futs["good"] = pool.submit(run_raw, dict(load_seeds())["softmax_attention"])
-        return {n: f.result() for n, f in futs.items()}
+    pool = ServerPool(2) if request.param == "fork" else None
+    run = pool.run if pool else lambda fn, *a, **k: fn(*a, **k)
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            futs = {n: threads.submit(run, run_raw, HOSTILE[n][0], small if HOSTILE[n][1] == "timeout" else SANDBOX)
+                    for n in names}
+            futs["good"] = threads.submit(run, run_raw, dict(load_seeds())["softmax_attention"])
+            return {n: f.result() for n, f in futs.items()}
+    finally:
+        if pool:
+            pool.close()
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

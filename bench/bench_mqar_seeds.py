@@ -1,0 +1,73 @@
+"""MQAR accuracy of the seed mixers at a config's stage settings (the fitness's calibration).
+
+Run: python bench/bench_mqar_seeds.py [--config configs/quickstart.toml] [--stage 1]
+     [--seeds softmax_attention,linear_attention] [--set fitness.stage1.seq_len=128 ...]
+     [--train-seeds 0,1] [--markdown]
+
+Each seed genome is trained in this process (no sandbox: the numbers are the task's, not the
+harness's) exactly as `fitness.train.train_and_score` trains it in a search, on the CPU with
+one torch thread, and its held-out accuracy, final train loss and training wall time are
+printed. `--set` takes the same dotted overrides as `evo run --set`, so the grid in
+bench/README.md is a handful of invocations of this script.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evo.config import load_config  # noqa: E402
+from evo.seeds import load_seeds  # noqa: E402
+from fitness.evaluate import load_genome  # noqa: E402
+from fitness.train import train_and_score  # noqa: E402
+
+
+def run(config: str, stage: int, names: list[str], overrides: list[str], train_seeds: list[int] | None) -> list[dict]:
+    """Train each named seed at the stage's settings; one row per (genome, training seed)."""
+    torch.set_num_threads(1)
+    st = load_config(config, overrides).fitness.stage(stage)
+    sources = dict(load_seeds())
+    rows = []
+    for name in names:
+        module = load_genome(sources[name])
+        for seed in train_seeds or st.seeds:
+            m = train_and_score(lambda: module.Mixer(st.d_model, st.n_heads), st, seed)
+            rows.append({"genome": name, "seed": seed, "T": st.seq_len, "kv": st.num_kv_pairs, "d": st.d_model,
+                         "steps": st.steps, "lr": st.lr, "accuracy": m["score"], "train_loss": m["train_loss"],
+                         "train_s": m["train_s"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    """Parse arguments, run, print a table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/quickstart.toml")
+    ap.add_argument("--stage", type=int, default=1, choices=(1, 2))
+    ap.add_argument("--seeds", default="softmax_attention,linear_attention", help="comma-separated seed genomes")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", help="dotted override, e.g. fitness.stage1.steps=400")
+    ap.add_argument("--train-seeds", default="", help="comma-separated training seeds (default: the stage's)")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.train_seeds.split(",") if s] or None
+    rows = run(args.config, args.stage, args.seeds.split(","), args.overrides, seeds)
+    by_genome: dict[str, list[dict]] = {}
+    for r in rows:
+        by_genome.setdefault(r["genome"], []).append(r)
+    sep = " | " if args.markdown else "  "
+    print(sep.join(["genome", "T", "kv", "d", "steps", "lr", "accuracy (per seed)", "mean", "train s"]))
+    for name, rs in by_genome.items():
+        accs = [r["accuracy"] for r in rs]
+        r0 = rs[0]
+        print(sep.join([name, str(r0["T"]), str(r0["kv"]), str(r0["d"]), str(r0["steps"]), f"{r0['lr']:g}",
+                        " ".join(f"{a:.3f}" for a in accs), f"{statistics.mean(accs):.3f}",
+                        f"{statistics.mean(r['train_s'] for r in rs):.0f}"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""A fork server: pay the worker's imports once per executor slot, not once per genome.
+
+A fresh `python -m fitness.worker` spends ~7 s importing torch, torch._dynamo (which
+torch.optim pulls in on the first AdamW) and the harness before it can train anything: about
+20% of a stage-1 evaluation on a CPU. The fork server is a process that does those imports
+once, runs no torch op (so it holds no OpenMP pool and has not touched CUDA) and never sees
+a genome; for each evaluation it forks one child that becomes the worker. Every genome still
+gets its own process that never ran another genome, in its own session and process group,
+with the same rlimits, Landlock, audit hook and integrity snapshot, all set up after the fork.
+
+Parent side: `ForkServer.start(env)`, then per evaluation `spawn(stdin_fd, stdout_fd, stderr_fd,
+cwd, env) -> pid` and `wait(pid, timeout) -> exit code` (negative: killed by that signal, as
+subprocess reports it). Server side (`python -m fitness.forkserver`): a loop over requests on
+a Unix socket (its descriptor number is argv[1]) that receives the child's three descriptors with SCM_RIGHTS.
+
+Lifetimes: the server exits when its socket closes (the engine exited or was killed), killing
+the child it is waiting on; a child gets SIGKILL when the server dies (PR_SET_PDEATHSIG), so
+no evaluation outlives the engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MAX_MSG = 1 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not start, died, or broke its protocol."""
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux prctl)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+class ForkServer:
+    """Parent-side handle of one fork server (one per executor slot; not shared between threads)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self._log_path = ""
+        self._lock = threading.Lock()
+        self._buffer = b""
+
+    def start(self, env: dict[str, str], timeout_s: float = 120.0) -> "ForkServer":
+        """Start the server with environment `env` and wait until its imports are done."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd, self._log_path = tempfile.mkstemp(prefix="evoarch-forkserver-", suffix=".log")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fitness.forkserver", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=PROJECT_ROOT, env=env,
+                start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            os.close(fd)
+            theirs.close()
+        self.sock = ours
+        reply = self._recv(timeout_s)
+        if reply.get("op") != "ready":
+            raise ForkServerError(f"fork server did not start: {reply} {self.log_tail()}")
+        return self
+
+    def alive(self) -> bool:
+        """Whether the server process is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self, fds: tuple[int, int, int], cwd: str, env: dict[str, str], timeout_s: float = 30.0) -> int:
+        """Fork a worker with stdin/stdout/stderr = fds, in `cwd`, with `env` added; return its pid."""
+        if self.sock is None:
+            raise ForkServerError("the fork server is closed")
+        with self._lock:
+            try:
+                socket.send_fds(self.sock, [json.dumps({"op": "fork", "cwd": cwd, "env": env}).encode() + b"\n"], list(fds))
+            except OSError as e:
+                self.close()
+                raise ForkServerError(f"the fork server is gone: {e}") from e
+            reply = self._recv(timeout_s)
+        if reply.get("op") != "forked":
+            raise ForkServerError(f"fork failed: {reply}")
+        return int(reply["pid"])
+
+    def wait(self, pid: int, timeout_s: float = 30.0) -> int:
+        """Exit code of the worker `pid` once it has ended (negative: the signal that killed it)."""
+        reply = self._recv(timeout_s)
+        if reply.get("op") != "exited" or reply.get("pid") != pid:
+            raise ForkServerError(f"unexpected fork-server reply {reply} while waiting for {pid}")
+        return int(reply["code"])
+
+    def close(self) -> None:
+        """Stop the server (it kills a worker it still waits on)."""
+        self._buffer = b""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._log_path:
+            try:
+                os.unlink(self._log_path)
+            except OSError:
+                pass
+            self._log_path = ""
+
+    def log_tail(self, chars: int = 1500) -> str:
+        """The end of the server's own log (its start-up errors)."""
+        try:
+            with open(self._log_path, "rb") as f:
+                return f.read()[-chars:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _send(self, msg: dict) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def _recv(self, timeout_s: float) -> dict:
+        try:
+            return self._recv_line(timeout_s)
+        except (ForkServerError, OSError, ValueError) as e:
+            self.close()  # out of step with the server: it is not used again
+            raise e if isinstance(e, ForkServerError) else ForkServerError(f"fork server protocol error: {e}") from e
+
+    def _recv_line(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ForkServerError(f"no reply from the fork server in {timeout_s:g} s")
+            if self.sock is None:
+                raise ForkServerError("the fork server is closed")
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if ready:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    code = self.proc.poll() if self.proc else None
+                    raise ForkServerError(f"the fork server exited (code {code}) {self.log_tail()}")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def _preload() -> None:
+    """Everything a worker imports before it arms the guard, so a forked child finds it loaded."""
+    import torch
+    import torch._dynamo  # noqa: F401  - what the first AdamW would import (~3 s)
+    import torch.optim  # noqa: F401
+
+    from fitness import backbone, checks, evaluate, guard, settings, tasks, train, worker  # noqa: F401
+    from fitness.tasks import mqar, shakespeare  # noqa: F401
+
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        pass
+    assert not torch.cuda.is_initialized(), "the fork server must not touch CUDA"
+
+
+def _child(fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> None:
+    """In the forked child: become a fresh worker (own session, own stdio), then run it."""
+    try:
+        os.setsid()
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != server_pid:  # the server died before the line above
+            os._exit(70)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the control socket, the server's log, ...
+        os.chdir(cwd)
+        os.environ.update(env)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from fitness import worker
+
+        worker.main()
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(2, f"fork server child failed: {type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(71)
+    os._exit(0)
+
+
+def _wait_for(pid: int, sock: socket.socket) -> int | None:
+    """Reap `pid`; None if the engine hung up meanwhile (then the child's group is killed)."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        ready, _, _ = select.select([sock], [], [], 0.05)
+        if ready and not sock.recv(1, socket.MSG_PEEK):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            os.waitpid(pid, 0)
+            return None
+
+
+def serve() -> None:
+    """The server loop: preload, say ready, then one fork per request until the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    buffer = b""
+    _preload()
+
+    def send(msg: dict) -> None:
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    send({"op": "ready", "pid": os.getpid()})
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 3)
+        if not msg:
+            return
+        buffer += msg
+        while b"\n" in buffer:
+            line, _, buffer = buffer.partition(b"\n")
+            req = json.loads(line)
+            if req["op"] != "fork" or len(fds) != 3:
+                send({"op": "error", "reason": f"bad request {req.get('op')!r} with {len(fds)} fds"})
+                for fd in fds:
+                    os.close(fd)
+                continue
+            server_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                _child(fds, server_pid, req["cwd"], req["env"])
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            send({"op": "forked", "pid": pid})
+            code = _wait_for(pid, sock)
+            if code is None:
+                return
+            send({"op": "exited", "pid": pid, "code": code})
+
+
+if __name__ == "__main__":
+    serve()
