@@ -7,7 +7,7 @@ everything and shuts down the Ray cluster if this executor started it.
 Each Ray task calls `fitness.evaluate(...)`, the same entry the local executor uses, so the
 evaluation still runs in its own sandboxed subprocess (fresh process per genome, own process
 group, rlimits, audit hook, wall timeout, group killed at the end); the Ray worker only
-drives it. Ray schedules on `num_cpus=threads_per_worker` and `num_gpus=gpus_per_eval`; a
+drives it, forking that subprocess from a fork server it keeps for its later tasks. Ray schedules on `num_cpus=threads_per_worker` and `num_gpus=gpus_per_eval`; a
 task that got GPUs sees them through the CUDA_VISIBLE_DEVICES Ray sets, which the sandbox
 passes on to its child; a task without GPUs gets CUDA_VISIBLE_DEVICES="" so it cannot use
 a GPU Ray did not give it.
@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 from evo.genome import Evaluation
 from fitness.evaluate import evaluate
 from fitness.executor import EvalJob
+from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
 from fitness.settings import FitnessSettings
 
@@ -44,15 +45,41 @@ def _import_ray():
     return ray
 
 
+_SERVERS: dict[tuple, ForkServer] = {}  # per Ray worker process: (threads, env) -> its fork server
+
+
+def _fork_server(settings: FitnessSettings, env: dict[str, str]) -> ForkServer | None:
+    """This Ray worker's fork server for `env` (started on first use, restarted if it died);
+    None when sandbox.fork_server is off or the server cannot start (the sandbox spawns then)."""
+    if not settings.sandbox.fork_server:
+        return None
+    from fitness.sandbox import worker_env
+    from fitness.tasks import data_env
+
+    key = (settings.threads_per_worker, tuple(sorted(env.items())))
+    server = _SERVERS.get(key)
+    if server is not None and server.alive() and server.sock is not None:
+        return server
+    if server is not None:
+        server.close()
+    try:
+        _SERVERS[key] = ForkServer().start(worker_env(settings.threads_per_worker, {**data_env(), **env}))
+    except (ForkServerError, OSError):
+        _SERVERS.pop(key, None)
+        return None
+    return _SERVERS[key]
+
+
 def _evaluate_task(job: EvalJob, settings: FitnessSettings) -> Evaluation:
     """Body of one Ray task: the ordinary sandboxed `evaluate` on this node's CPU or Ray-assigned GPU."""
     import ray
 
     if ray.get_gpu_ids():
-        device, env = "cuda", None  # CUDA_VISIBLE_DEVICES is already the task's GPUs; the sandbox passes it on
+        device, env = "cuda", {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}  # the task's GPUs
     else:
         device, env = "cpu", {"CUDA_VISIBLE_DEVICES": ""}
-    ev = evaluate(job.genome_id, job.code, job.stage, None, job.seed, settings, device=device, env=env)
+    ev = evaluate(job.genome_id, job.code, job.stage, None, job.seed, settings, device=device, env=env,
+                  server=_fork_server(settings, env))
     ev.metrics["executor"] = "ray"
     ev.metrics["ray_node_ip"] = ray.util.get_node_ip_address()
     return ev

@@ -140,6 +140,9 @@ class ForkServer:
         except (ForkServerError, OSError, ValueError) as e:
             self.close()  # out of step with the server: it is not used again
             raise e if isinstance(e, ForkServerError) else ForkServerError(f"fork server protocol error: {e}") from e
+        except BaseException:  # interrupted mid-reply (KeyboardInterrupt, a Ray cancel): same
+            self.close()
+            raise
 
     def _recv_line(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s

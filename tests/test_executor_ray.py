@@ -70,25 +70,37 @@ def test_ray_matches_local(ray_executor):
     assert want["policy"].status == "rejected" and want["policy"].reason.startswith("policy:")
     assert want["noncausal"].status == "rejected" and "causal" in want["noncausal"].reason
     assert got["soft"].metrics["executor"] == "ray" and got["soft"].metrics["device"] == "cpu"
+    assert got["soft"].metrics["launch"] == "fork"  # forked by the Ray worker's fork server
     print(f"ray executor: 4 jobs in {ray_s:.1f} s")
 
 
+def _cmdline(pid) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _ppid(pid) -> tuple[str, str]:
+    """(state, parent pid) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+    return state, ppid
+
+
 def _ray_sandboxes() -> set[int]:
-    """pids of sandbox workers (python -m fitness.worker) whose parent is a Ray worker process."""
+    """pids of sandbox workers driven by a Ray worker process: spawned by it (python -m fitness.worker)
+    or forked by its fork server (python -m fitness.forkserver, whose parent is the Ray worker)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"fitness.worker" not in f.read():
-                    continue
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            cmd = _cmdline(pid)
+            state, ppid = _ppid(pid)
             if state == "Z":
                 continue
-            with open(f"/proc/{ppid}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::"):
-                    found.add(int(pid))
+            if b"fitness.worker" in cmd and _cmdline(ppid).startswith(b"ray::"):
+                found.add(int(pid))
+            elif b"fitness.forkserver" in cmd and b"fitness.forkserver" in _cmdline(ppid) \
+                    and _cmdline(_ppid(ppid)[1]).startswith(b"ray::"):
+                found.add(int(pid))
         except (OSError, ValueError, IndexError):
             continue
     return found

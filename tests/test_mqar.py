@@ -1,7 +1,12 @@
 """MQAR generator: Zoology layout, deterministic per seed, separate train/test streams."""
+import os
+
+import pytest
 import torch
 
 from fitness.tasks.mqar import MQAR
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def batch(seed, **kw):
@@ -38,3 +43,29 @@ def test_larger_config_and_score():
     targets = b.targets[b.mask]
     logits = torch.nn.functional.one_hot(targets, 8192).float()
     assert task.score(logits, targets) == (64, 64)
+
+
+def _train(name: str, stage) -> float:
+    from evo.seeds import load_seeds
+    from fitness.evaluate import load_genome
+    from fitness.train import train_and_score
+
+    torch.set_num_threads(1)  # as in the sandbox
+    module = load_genome(dict(load_seeds())[name])
+    return train_and_score(lambda: module.Mixer(stage.d_model, stage.n_heads), stage, 0)["score"]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_stage1_calibration():
+    """The quickstart's stage 1 separates the seeds as MQAR should (bench/README.md, "MQAR
+    calibration"): softmax attention >= 0.95 at T=64, kv=4, d=64, and linear attention
+    clearly below softmax attention at T=128, kv=8 with the same budget (~3 minutes)."""
+    from evo.config import load_config
+
+    stage = load_config(os.path.join(PROJECT, "configs", "quickstart.toml")).fitness.stage1
+    assert (stage.seq_len, stage.num_kv_pairs, stage.d_model) == (64, 4, 64)
+    assert _train("softmax_attention", stage) >= 0.95
+    harder = stage.model_copy(update={"seq_len": 128, "num_kv_pairs": 8})
+    softmax, linear = _train("softmax_attention", harder), _train("linear_attention", harder)
+    assert linear < softmax - 0.2, (linear, softmax)
