@@ -10,8 +10,8 @@ with the same rlimits, Landlock, audit hook and integrity snapshot, all set up a
 
 Parent side: `ForkServer.start(env)`, then per evaluation `spawn(stdin_fd, stdout_fd, stderr_fd,
 cwd, env) -> pid` and `wait(pid, timeout) -> exit code` (negative: killed by that signal, as
-subprocess reports it). Server side (`python -m fitness.forkserver`): a loop over requests on
-a Unix socket (its descriptor number is argv[1]) that receives the child's three descriptors with SCM_RIGHTS.
+subprocess reports it). Server side (`python -m fitness.forkserver FD`): a loop over requests
+on the Unix socket FD, each carrying the child's three descriptors (SCM_RIGHTS).
 
 Lifetimes: the server exits when its socket closes (the engine exited or was killed), killing
 the child it is waiting on; a child gets SIGKILL when the server dies (PR_SET_PDEATHSIG), so
@@ -19,6 +19,7 @@ no evaluation outlives the engine.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -74,7 +75,9 @@ class ForkServer:
         self.sock = ours
         reply = self._recv(timeout_s)
         if reply.get("op") != "ready":
-            raise ForkServerError(f"fork server did not start: {reply} {self.log_tail()}")
+            problem = f"fork server did not start: {reply} {self.log_tail()}"
+            self.close()
+            raise ForkServerError(problem)
         return self
 
     def alive(self) -> bool:
@@ -130,9 +133,6 @@ class ForkServer:
                 return f.read()[-chars:].decode("utf-8", "replace")
         except OSError:
             return ""
-
-    def _send(self, msg: dict) -> None:
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
 
     def _recv(self, timeout_s: float) -> dict:
         try:
@@ -194,6 +194,7 @@ def _child(fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> No
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the control socket, the server's log, ...
         os.chdir(cwd)
         os.environ.update(env)
+        gc.enable()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from fitness import worker
 
@@ -227,7 +228,9 @@ def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     sock = socket.socket(fileno=int(sys.argv[1]))
     buffer = b""
+    gc.disable()  # what Python's docs advise for a pre-fork server: no collection before the freeze,
     _preload()
+    gc.freeze()  # then everything imported moves to a permanent generation the children's GC skips
 
     def send(msg: dict) -> None:
         sock.sendall(json.dumps(msg).encode() + b"\n")

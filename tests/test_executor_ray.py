@@ -11,6 +11,7 @@ from evo.seeds import load_seeds  # noqa: E402
 from fitness.executor import EvalJob, LocalExecutor, make_executor  # noqa: E402
 from fitness.executor_ray import RayExecutor  # noqa: E402
 from fitness.settings import FitnessSettings  # noqa: E402
+from procs import alive, cmdline, state_and_parent  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]  # starting Ray costs ~10 s on 2 cores
 
@@ -74,44 +75,24 @@ def test_ray_matches_local(ray_executor):
     print(f"ray executor: 4 jobs in {ray_s:.1f} s")
 
 
-def _cmdline(pid) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read()
-
-
-def _ppid(pid) -> tuple[str, str]:
-    """(state, parent pid) of a process."""
-    with open(f"/proc/{pid}/stat") as f:
-        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-    return state, ppid
-
-
 def _ray_sandboxes() -> set[int]:
     """pids of sandbox workers driven by a Ray worker process: spawned by it (python -m fitness.worker)
     or forked by its fork server (python -m fitness.forkserver, whose parent is the Ray worker)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = _cmdline(pid)
-            state, ppid = _ppid(pid)
+            cmd = cmdline(pid)
+            state, ppid = state_and_parent(pid)
             if state == "Z":
                 continue
-            if b"fitness.worker" in cmd and _cmdline(ppid).startswith(b"ray::"):
+            if b"fitness.worker" in cmd and cmdline(ppid).startswith(b"ray::"):
                 found.add(int(pid))
-            elif b"fitness.forkserver" in cmd and b"fitness.forkserver" in _cmdline(ppid) \
-                    and _cmdline(_ppid(ppid)[1]).startswith(b"ray::"):
+            elif b"fitness.forkserver" in cmd and b"fitness.forkserver" in cmdline(ppid) \
+                    and cmdline(state_and_parent(ppid)[1]).startswith(b"ray::"):
                 found.add(int(pid))
         except (OSError, ValueError, IndexError):
             continue
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_closing_early_cancels_and_kills_the_sandbox(ray_executor):
@@ -127,5 +108,5 @@ def test_closing_early_cancels_and_kills_the_sandbox(ray_executor):
     t0 = time.perf_counter()
     it.close()  # cancels the Ray task, whose sandbox kills the process group (timeout would be 120 s)
     assert time.perf_counter() - t0 < 30
-    assert not any(_alive(pid) for pid in running)
+    assert not any(alive(pid) for pid in running)
     assert not ray_executor._inflight

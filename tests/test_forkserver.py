@@ -18,6 +18,7 @@ from fitness.sandbox import run_job, worker_env
 from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings
 from fitness.tasks import data_env
 from genomes import TINY_STAGE, at_import, in_forward
+from procs import alive, children
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE = TINY_STAGE.model_copy(update={"steps": 5})
@@ -99,28 +100,6 @@ run_job(job, SandboxSettings(timeout_s=300, memory_mb=3072, cpu_s=300), server=s
 """
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("launch", ["fork", "spawn"])
 def test_no_evaluation_outlives_a_killed_engine(tmp_path, launch):
     loop = in_forward("while True: pass")
@@ -130,15 +109,15 @@ def test_no_evaluation_outlives_a_killed_engine(tmp_path, launch):
     server_pid = int(engine.stdout.readline())
     parent = server_pid or engine.pid
     deadline = time.monotonic() + 60
-    while not _children(parent):
+    while not children(parent):
         assert time.monotonic() < deadline, "the worker never started"
         time.sleep(0.2)
-    (worker,) = _children(parent)
+    (worker,) = children(parent)
     time.sleep(1.0)
     engine.send_signal(signal.SIGKILL)
     engine.wait()
     deadline = time.monotonic() + 15
-    while _alive(worker) or (server_pid and _alive(server_pid)):
+    while alive(worker) or (server_pid and alive(server_pid)):
         assert time.monotonic() < deadline, f"still running after the engine was killed: worker {worker}"
         time.sleep(0.2)
 
@@ -154,7 +133,7 @@ def test_executor_replaces_a_dead_server():
         waiter = threading.Thread(target=lambda: box.extend(ex.run([EvalJob("loop", loop, 1, 0)])))
         waiter.start()
         deadline = time.monotonic() + 60
-        while not _children(old_pid):
+        while not children(old_pid):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         os.kill(old_pid, signal.SIGKILL)  # the server dies under a running evaluation
