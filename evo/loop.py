@@ -228,6 +228,16 @@ class Search:
         """Stage 2 (bigger, longer, several seeds) for the genomes the promotion policy picks."""
         fit = self.config.fitness
         chosen = promoted(fit.promotion, generation, [c for c in children if _scored(c)], self.archive)
+        for c in chosen:
+            twin = stage1_twin(self.archive, c.evaluation)
+            copied = [ev for ev in self.archive.evaluations(twin, stage=2) if ev.seed in fit.stage2.seeds] if twin else []
+            for ev in copied:
+                if not any(e.seed == ev.seed for e in self.archive.evaluations(c.genome.id, stage=2)):
+                    self.archive.add_evaluation(dataclasses.replace(
+                        ev, genome_id=c.genome.id, metrics={**ev.metrics, "reused_from": twin, "twin": True}))
+            if copied:
+                log.info("  %s stage 2: behavioural twin of %s (identical stage-1 training), its results reused",
+                         c.genome.id, twin)
         jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fit.stage2.seeds
                 if not any(e.seed == seed for e in self.archive.evaluations(c.genome.id, stage=2))]
         for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 2", unit="run",
@@ -304,6 +314,26 @@ def promoted(rule, generation: int, scored: list[Child], archive: Archive) -> li
     else:
         bar = (archive.get_meta("seed_baseline") or {}).get("stage1", float("-inf")) + rule.margin
     return [c for c in ranked if c.evaluation.score >= bar][:rule.top_k]
+
+
+def stage1_twin(archive: Archive, ev: Evaluation) -> str | None:
+    """An earlier genome whose stage-1 run was bit-identical to `ev` (same seed, score, parameter
+    count, train and test loss: the same function trained the same way, e.g. an LLM rewrite
+    that only renamed things) and that already has stage-2 results; None if there is none."""
+    key = _fingerprint(ev)
+    if key is None:
+        return None
+    for other in archive.evaluations(stage=1, status="ok"):
+        if other.genome_id != ev.genome_id and _fingerprint(other) == key and archive.evaluations(other.genome_id, stage=2):
+            return other.genome_id
+    return None
+
+
+def _fingerprint(ev: Evaluation) -> tuple | None:
+    m = ev.metrics or {}
+    if ev.score is None or "train_loss" not in m or "test_loss" not in m:
+        return None
+    return ev.seed, ev.score, ev.params, m["train_loss"], m["test_loss"]
 
 
 class LazyVLLM:
