@@ -23,6 +23,7 @@ from evo.genome import Evaluation
 from fitness.device import device_slots, resolve_device
 from fitness.evaluate import evaluate
 from fitness.forkserver import ForkServer, ForkServerError
+from fitness.policy import check_policy
 from fitness.sandbox import worker_env
 from fitness.settings import FitnessSettings
 
@@ -79,6 +80,8 @@ class LocalExecutor:
         return slot.server
 
     def _run_one(self, job: EvalJob) -> Evaluation:
+        if check_policy(job.code) is not None:  # answered here, without waiting for a slot or its server
+            return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings, device=self.device)
         slot = self._slots.get()
         try:
             return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings,
