@@ -1,12 +1,14 @@
 """Run one evaluation job in a fresh, limited child process and classify how it ended.
 
-The child is `python -m fitness.worker` in its own session (so its own process group),
-with a private scratch directory as cwd/HOME/TMPDIR, a minimal environment, and rlimits
-on address space, CPU time, file size and core dumps. The limits are applied with
-prlimit() from this process right after the spawn and before the job (and so the genome)
-is sent: unlike `preexec_fn`, that is safe when the engine runs several evaluations from
-threads. At the wall deadline, on cancel, and after every normal exit, the whole process
-group is killed with SIGKILL, so nothing a genome starts can outlive its evaluation.
+The child is `python -m fitness.worker`, spawned fresh or forked from a fork server
+(fitness.forkserver, which has imported torch and the harness already), in its own session
+(so its own process group), with a private scratch directory as cwd/HOME/TMPDIR, a minimal
+environment, and rlimits on address space, CPU time, file size and core dumps. The limits
+are applied with prlimit() from this process right after the spawn or fork and before the
+job (and so the genome) is sent: unlike `preexec_fn`, that is safe when the engine runs
+several evaluations from threads. At the wall deadline, on cancel, and after every normal
+exit, the whole process group is killed with SIGKILL, so nothing a genome starts can
+outlive its evaluation; the child also dies with its parent (PR_SET_PDEATHSIG).
 
 Outcome statuses: ok | rejected | failed | timeout | killed, each with a reason.
 """
