@@ -125,7 +125,7 @@ def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSetting
                             limit_memory=not device.startswith("cuda"), env=env, cancel=cancel)
     try:
         outcome = run(server=server)
-    except ForkServerError:  # the slot's server is gone (the executor restarts it): spawn this one
+    except ForkServerError:  # the slot's server is gone (the executor restarts it): spawn this one again
         server = None
         outcome = run(server=None)
     res = outcome.result or {}

@@ -209,7 +209,8 @@ def run_job(job: dict, settings: SandboxSettings, timeout_s: float | None = None
 
     server: a started ForkServer to fork the child from (its environment already holds the
     worker environment and `env`); None spawns a fresh interpreter. Raises ForkServerError
-    when the server cannot fork (nothing of the genome ran then).
+    when the server cannot fork, or dies before the worker could report (the result is lost
+    to the machinery, not the genome: run it again).
     """
     timeout_s = timeout_s or settings.timeout_s
     t0 = time.monotonic()
@@ -246,9 +247,9 @@ def run_job(job: dict, settings: SandboxSettings, timeout_s: float | None = None
         result, corrupt = _parse_report(stdout, job["nonce"])
         if result is not None and rc in (0, None):  # None: the fork server died after a complete report
             return Outcome(result["status"], result.get("reason", ""), result, log_tail, wall, rc)
-        if rc is None:
-            status, reason = "failed", "the fork server died during the evaluation (the worker was killed with it)"
-        elif rc < 0:
+        if rc is None:  # the machinery failed, not the genome: the caller runs it again, spawned
+            raise ForkServerError("the fork server died during the evaluation (the worker was killed with it)")
+        if rc < 0:
             status, reason = _signal_reason(-rc, settings)
         else:
             status, reason = "failed", corrupt or f"exit code {rc} before reporting"
