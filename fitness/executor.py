@@ -66,14 +66,8 @@ class LocalExecutor:
         """The slot's running fork server, started (or restarted) here; None to spawn instead."""
         if not self.settings.sandbox.fork_server or slot.fork_failed:
             return None
-        if slot.server is not None and slot.server.alive() and slot.server.sock is not None:
-            return slot.server
-        if slot.server is not None:
-            slot.server.close()
-        from fitness.tasks import data_env
-
         try:
-            slot.server = ForkServer().start(worker_env(self.settings.threads_per_worker, {**data_env(), **slot.env}))
+            slot.server = running_server(slot.server, self.settings, slot.env)
         except (ForkServerError, OSError) as e:
             log.warning("fork server failed to start (%s); spawning a fresh interpreter per evaluation", e)
             slot.server, slot.fork_failed = None, True
@@ -120,6 +114,18 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def running_server(server: ForkServer | None, settings: FitnessSettings, env: dict[str, str]) -> ForkServer:
+    """`server` if it still runs, else a new fork server for workers with `env` (the old one
+    closed). Raises ForkServerError or OSError if the new one cannot start."""
+    if server is not None and server.alive():
+        return server
+    if server is not None:
+        server.close()
+    from fitness.tasks import data_env
+
+    return ForkServer().start(worker_env(settings.threads_per_worker, {**data_env(), **env}))
 
 
 class Executor(Protocol):

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 
 from evo.genome import Evaluation
 from fitness.evaluate import evaluate
-from fitness.executor import EvalJob
+from fitness.executor import EvalJob, running_server
 from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
 from fitness.settings import FitnessSettings
@@ -53,17 +53,9 @@ def _fork_server(settings: FitnessSettings, env: dict[str, str]) -> ForkServer |
     None when sandbox.fork_server is off or the server cannot start (the sandbox spawns then)."""
     if not settings.sandbox.fork_server:
         return None
-    from fitness.sandbox import worker_env
-    from fitness.tasks import data_env
-
     key = (settings.threads_per_worker, tuple(sorted(env.items())))
-    server = _SERVERS.get(key)
-    if server is not None and server.alive() and server.sock is not None:
-        return server
-    if server is not None:
-        server.close()
     try:
-        _SERVERS[key] = ForkServer().start(worker_env(settings.threads_per_worker, {**data_env(), **env}))
+        _SERVERS[key] = running_server(_SERVERS.get(key), settings, env)
     except (ForkServerError, OSError):
         _SERVERS.pop(key, None)
         return None

@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +55,6 @@ class ForkServer:
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self._log_path = ""
-        self._lock = threading.Lock()
         self._buffer = b""
 
     def start(self, env: dict[str, str], timeout_s: float = 120.0) -> "ForkServer":
@@ -81,20 +79,19 @@ class ForkServer:
         return self
 
     def alive(self) -> bool:
-        """Whether the server process is still running."""
-        return self.proc is not None and self.proc.poll() is None
+        """Whether the server is open and its process still running."""
+        return self.sock is not None and self.proc is not None and self.proc.poll() is None
 
     def spawn(self, fds: tuple[int, int, int], cwd: str, env: dict[str, str], timeout_s: float = 30.0) -> int:
         """Fork a worker with stdin/stdout/stderr = fds, in `cwd`, with `env` added; return its pid."""
         if self.sock is None:
             raise ForkServerError("the fork server is closed")
-        with self._lock:
-            try:
-                socket.send_fds(self.sock, [json.dumps({"op": "fork", "cwd": cwd, "env": env}).encode() + b"\n"], list(fds))
-            except OSError as e:
-                self.close()
-                raise ForkServerError(f"the fork server is gone: {e}") from e
-            reply = self._recv(timeout_s)
+        try:
+            socket.send_fds(self.sock, [json.dumps({"op": "fork", "cwd": cwd, "env": env}).encode() + b"\n"], list(fds))
+        except OSError as e:
+            self.close()
+            raise ForkServerError(f"the fork server is gone: {e}") from e
+        reply = self._recv(timeout_s)
         if reply.get("op") != "forked":
             raise ForkServerError(f"fork failed: {reply}")
         return int(reply["pid"])

@@ -1,5 +1,5 @@
-"""Genome templates and small fitness settings shared by the sandbox, hostile-genome and
-fork-server tests: a valid Mixer with a hole at module level, in __init__ and in forward."""
+"""Genome templates and small fitness settings shared by the fitness tests: a valid Mixer
+with a hole at module level, in __init__ and in forward, and a tiny stage."""
 from fitness.settings import StageSettings
 
 MIXER = """import torch
@@ -15,8 +15,9 @@ class Mixer(nn.Module):
         {forward}
         return self.proj(x)
 """
-TINY_STAGE = StageSettings(d_model=32, n_heads=2, n_layers=1, seq_len=32, num_kv_pairs=2, vocab_size=256,
-                           batch_size=8, steps=3, eval_batches=1)
+TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "seq_len": 32, "num_kv_pairs": 2, "vocab_size": 256,
+        "batch_size": 8, "steps": 3, "eval_batches": 1}  # a stage that trains in well under a second
+TINY_STAGE = StageSettings(**TINY)
 
 
 def at_import(stmt: str) -> str:

@@ -4,9 +4,9 @@ import pytest
 from evo.seeds import load_seeds
 from fitness.evaluate import evaluate, evaluate_in_process
 from fitness.settings import FitnessSettings, StageSettings
+from genomes import TINY as TINIEST
 
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "seq_len": 32, "num_kv_pairs": 2, "vocab_size": 256,
-        "batch_size": 16, "steps": 20, "eval_batches": 2}
+TINY = dict(TINIEST, batch_size=16, steps=20, eval_batches=2)
 SETTINGS = FitnessSettings.model_validate({"device": "cpu", "stage1": TINY, "stage2": dict(TINY, seeds=[0, 1]),
                                            "checks": {"complexity_probe": False}})
 

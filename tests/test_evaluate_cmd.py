@@ -5,37 +5,18 @@ import subprocess
 import sys
 
 import pytest
+import tomli_w
+
+from genomes import TINY
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = os.path.join(PROJECT, "evo", "seeds", "short_conv.py")
-TINY = """
-[fitness]
-device = "cpu"
-[fitness.checks]
-complexity_lengths = [64, 128]
-complexity_repeats = 2
-[fitness.stage1]
-d_model = 32
-n_heads = 2
-n_layers = 1
-seq_len = 32
-num_kv_pairs = 2
-vocab_size = 256
-batch_size = 8
-steps = 3
-eval_batches = 1
-[fitness.stage2]
-d_model = 32
-n_heads = 2
-n_layers = 1
-seq_len = 32
-num_kv_pairs = 2
-vocab_size = 256
-batch_size = 8
-steps = 2
-eval_batches = 1
-seeds = [0, 1]
-"""
+TINY_CONFIG = tomli_w.dumps({"fitness": {
+    "device": "cpu",
+    "checks": {"complexity_lengths": [64, 128], "complexity_repeats": 2},
+    "stage1": TINY,
+    "stage2": dict(TINY, steps=2, seeds=[0, 1]),
+}})
 HOSTILE = """
 import torch
 import torch.nn as nn
@@ -61,7 +42,7 @@ def evo_evaluate(*args, timeout=180):
 @pytest.fixture
 def config(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
+    path.write_text(TINY_CONFIG)
     return str(path)
 
 

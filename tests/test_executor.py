@@ -2,9 +2,7 @@
 from evo.seeds import load_seeds
 from fitness.executor import EvalJob, LocalExecutor
 from fitness.settings import FitnessSettings
-
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "seq_len": 32, "num_kv_pairs": 2, "vocab_size": 256,
-        "batch_size": 8, "steps": 3, "eval_batches": 1}
+from genomes import TINY
 
 
 def test_runs_jobs_in_parallel_and_streams():

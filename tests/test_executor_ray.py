@@ -11,12 +11,12 @@ from evo.seeds import load_seeds  # noqa: E402
 from fitness.executor import EvalJob, LocalExecutor, make_executor  # noqa: E402
 from fitness.executor_ray import RayExecutor  # noqa: E402
 from fitness.settings import FitnessSettings  # noqa: E402
+import genomes  # noqa: E402
 from procs import alive, cmdline, state_and_parent  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]  # starting Ray costs ~10 s on 2 cores
 
-TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "seq_len": 32, "num_kv_pairs": 2, "vocab_size": 256,
-        "batch_size": 8, "steps": 3, "eval_batches": 1, "timeout_s": 120}
+TINY = dict(genomes.TINY, timeout_s=120)
 NON_CAUSAL = """import torch.nn as nn
 class Mixer(nn.Module):
     def __init__(self, d_model, n_heads):
