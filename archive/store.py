@@ -303,9 +303,10 @@ class Archive:
                 sql, args = sql + f" AND {col} = ?", args + [val]
         return [_evaluation(r) for r in self._read(sql + " ORDER BY rowid", args)]
 
-    def find_evaluated_by_hash(self, code_hash: str, stage: int,
+    def find_evaluated_by_hash(self, code_hash: str, stage: int, protocol: int,
                                statuses: Sequence[str] = ("ok", "rejected", "failed")) -> list[Evaluation]:
-        """Evaluations of the earliest genome with this normalised-code hash at `stage`, or [].
+        """Evaluations of the earliest genome with this normalised-code hash at `stage` scored under
+        fitness protocol `protocol` (metrics["protocol"]), or [].
 
         For exact-duplicate reuse: the engine copies these (with its new genome id) instead
         of evaluating again. Only results with a status in `statuses` count; by default
@@ -315,7 +316,8 @@ class Archive:
         rows = self._read(
             f"SELECT e.genome_id FROM evaluations e JOIN genomes g ON g.id = e.genome_id "
             f"WHERE g.code_hash = ? AND e.stage = ? AND e.status IN ({marks}) "
-            f"ORDER BY g.rowid LIMIT 1", [code_hash, stage, *statuses])
+            f"AND json_extract(e.metrics, '$.protocol') = ? "
+            f"ORDER BY g.rowid LIMIT 1", [code_hash, stage, *statuses, protocol])
         if not rows:
             return []
         return [e for e in self.evaluations(genome_id=rows[0]["genome_id"], stage=stage) if e.status in statuses]

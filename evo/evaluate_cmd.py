@@ -1,10 +1,13 @@
 """`evo evaluate GENOME.py`: evaluate one genome file exactly as the search would.
 
-Static policy, sandboxed worker, structural checks (complexity probe included), training
-and scoring with the config's stage settings and training seeds (the first at stage 1,
-all at stage 2, like the search; or the one given with --seed). Prints status, reason, score, parameters and timings, or one
-JSON object with --json. Exit code 0 when every evaluation is ok, 1 when any is rejected
-or failed, 2 for a bad config or an unreadable file.
+Self-test of the sandbox (which containment layers hold here), then static policy, sandboxed
+worker, structural checks, training, engine-side scoring and complexity probe with the config's
+stage settings and training seeds (the first at stage 1, all at stage 2, like the search; or
+the one given with --seed). The test set comes from your secret (~/.cache/evoarch/secret.key),
+so scores compare between your evaluations. Prints the layers, status, reason, score,
+parameters and timings, or one JSON object with --json. Exit code 0 when every evaluation is
+ok, 1 when any is rejected or failed, 2 for a bad config, an unreadable file or a sandbox that
+lacks a required layer.
 
 The lead wires it into evo/cli.py with `add_parser(subparsers)`; it also runs alone as
 `python -m evo.evaluate_cmd GENOME.py ...`.
@@ -46,13 +49,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _timings(ev) -> dict:
     m = ev.metrics
     out = {"wall_s": round(ev.wall_s, 2)}
-    for key in ("check_s", "train_s", "eval_s"):
+    for key in ("train_wall_s", "cpu_s"):
         if isinstance(m.get(key), (int, float)):
             out[key] = round(m[key], 2)
     return out
 
 
-def _summary(path: str, gid: str, stage: int, evals: list) -> dict:
+def _summary(path: str, gid: str, stage: int, evals: list, containment: dict) -> dict:
     ok = all(e.ok for e in evals)
     first_bad = next((e for e in evals if not e.ok), None)
     scores = [e.score for e in evals if e.ok and e.score is not None]
@@ -64,6 +67,7 @@ def _summary(path: str, gid: str, stage: int, evals: list) -> dict:
         "score_std": statistics.pstdev(scores) if ok and len(scores) > 1 else None,
         "params": next((e.params for e in evals if e.params is not None), None),
         "wall_s": round(sum(e.wall_s for e in evals), 2),
+        "containment": containment,
         "evaluations": [{
             "seed": e.seed, "status": e.status, "score": e.score, "reason": e.reason, "params": e.params,
             "timings": _timings(e),
@@ -73,6 +77,9 @@ def _summary(path: str, gid: str, stage: int, evals: list) -> dict:
 
 
 def _print_text(s: dict, evals: list) -> None:
+    from fitness.selftest import describe
+
+    print("containment (sandbox self-test):\n" + describe(s["containment"]))
     print(f"genome {s['genome']} (id {s['genome_id']}), stage {s['stage']}")
     for e in evals:
         t = _timings(e)
@@ -99,7 +106,10 @@ def _print_text(s: dict, evals: list) -> None:
 def main_evaluate(args: argparse.Namespace) -> int:
     """Evaluate args.genome; print the result; 0 if ok, 1 if rejected/failed, 2 on bad input."""
     from evo.config import ConfigError, load_config
-    from fitness import evaluate
+    from fitness import SandboxUnavailable, evaluate, self_test
+    from fitness.device import resolve_device
+    from fitness.secret import default_secret
+    from fitness.selftest import require_held
 
     try:
         code = Path(args.genome).read_text(encoding="utf-8")
@@ -116,8 +126,15 @@ def main_evaluate(args: argparse.Namespace) -> int:
     # as the search: stage 1 trains with the stage's first seed, stage 2 with every seed
     seeds = [args.seed] if args.seed is not None else list(stage.seeds[:1] if args.stage == 1 else stage.seeds)
     gid = hashlib.sha256(code.encode()).hexdigest()[:12]
-    evals = [evaluate(gid, code, args.stage, stage, seed, fs) for seed in seeds]
-    summary = _summary(args.genome, gid, args.stage, evals)
+    try:
+        device = resolve_device(fs.device)
+        containment = self_test(fs, device)
+        require_held(containment, fs.sandbox.allow_missing)
+        evals = [evaluate(gid, code, args.stage, stage, seed, fs, default_secret(), device=device) for seed in seeds]
+    except SandboxUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = _summary(args.genome, gid, args.stage, evals, containment)
     if args.json:
         print(json.dumps(summary, default=str))
     else:

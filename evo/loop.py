@@ -30,6 +30,8 @@ from evo.seeds import load_seeds
 from evo.summary import ARCHIVE_FILE, rank_correlation, seed_baseline, yield_stats
 from evo.toolbox import build_toolbox, make_individual
 from fitness.executor import EvalJob, make_executor
+from fitness.protocol import FITNESS_PROTOCOL
+from fitness.secret import SECRET_FILE, load_or_create
 from operators.backends import CachedBackend
 from operators.researcher import Proposal, Researcher, Scored, Spec
 
@@ -79,8 +81,13 @@ class Search:
         self.run_dir, self.config = run_dir, config
         _setup_logging(run_dir / LOG_FILE)
         self.archive = Archive(run_dir / ARCHIVE_FILE)
+        protocol = self.archive.get_meta("fitness_protocol")
+        if protocol is not None and protocol != FITNESS_PROTOCOL:
+            raise ConfigError(f"{run_dir} was scored under fitness protocol {protocol}; this evoarch scores under "
+                              f"protocol {FITNESS_PROTOCOL}, so its scores would not compare: start a new run")
+        self.archive.set_meta("fitness_protocol", FITNESS_PROTOCOL)
         self.toolbox = build_toolbox(config.search)
-        self.executor = make_executor(config.fitness)
+        self.executor = make_executor(config.fitness, load_or_create(run_dir / SECRET_FILE))
         self.embedder = Embedder()
         self.index: NoveltyIndex | None = None
         self._researcher: Researcher | None = None
@@ -177,7 +184,7 @@ class Search:
             if self.archive.evaluations(genome.id, stage=1):  # screened before an interruption
                 children.append(child)
                 continue
-            reused = self.archive.find_evaluated_by_hash(h, stage=1)
+            reused = self.archive.find_evaluated_by_hash(h, stage=1, protocol=FITNESS_PROTOCOL)
             if reused and reused[0].genome_id != genome.id:
                 for ev in reused:
                     self.archive.add_evaluation(dataclasses.replace(
@@ -211,6 +218,7 @@ class Search:
         jobs = [EvalJob(c.genome.id, c.genome.code, 1, stage.seeds[0]) for c in todo]
         for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"gen {generation} stage 1", unit="genome",
                        disable=not jobs):
+            self.record_containment()
             self.store(ev)
             self._settle(by_id[ev.genome_id], ev)
             log.info("  %s %-14s %s %s", ev.genome_id, by_id[ev.genome_id].genome.operator, ev.status,
@@ -248,6 +256,12 @@ class Search:
         if generation == 0:
             self.archive.set_meta("seed_baseline", seed_baseline(self.archive))
         self.archive.set_meta("rank_correlation", rank_correlation(self.archive))
+
+    def record_containment(self) -> None:
+        """Store the sandbox self-test's report once the executor has run it."""
+        report = getattr(self.executor, "containment", None)
+        if report is not None and self.archive.get_meta("containment") != report:
+            self.archive.set_meta("containment", report)
 
     def store(self, ev: Evaluation) -> None:
         """Store an evaluation; once the seed baseline is known, with its score relative to it."""
@@ -317,9 +331,10 @@ def promoted(rule, generation: int, scored: list[Child], archive: Archive) -> li
 
 
 def stage1_twin(archive: Archive, ev: Evaluation) -> str | None:
-    """An earlier genome whose stage-1 run was bit-identical to `ev` (same seed, score, parameter
-    count, train and test loss: the same function trained the same way, e.g. an LLM rewrite
-    that only renamed things) and that already has stage-2 results; None if there is none."""
+    """An earlier genome whose stage-1 run was bit-identical to `ev` (same training seed and the same
+    predictions, bit for bit, on the engine's secret test set: the same function trained the same
+    way, e.g. an LLM rewrite that only renamed things) and that already has stage-2 results; None if
+    there is none."""
     key = _fingerprint(ev)
     if key is None:
         return None
@@ -330,10 +345,8 @@ def stage1_twin(archive: Archive, ev: Evaluation) -> str | None:
 
 
 def _fingerprint(ev: Evaluation) -> tuple | None:
-    m = ev.metrics or {}
-    if ev.score is None or "train_loss" not in m or "test_loss" not in m:
-        return None
-    return ev.seed, ev.score, ev.params, m["train_loss"], m["test_loss"]
+    digest = (ev.metrics or {}).get("predictions_sha256")
+    return None if ev.score is None or not digest else (ev.seed, digest)
 
 
 class LazyVLLM:

@@ -63,5 +63,26 @@ class Backbone(nn.Module):
         return F.linear(self.norm(x[mask]), self.embed.weight)
 
     def mixer_params(self) -> int:
-        """Parameters inside the Mixers (all layers)."""
-        return sum(p.numel() for b in self.blocks for p in b.mixer.parameters())
+        """Parameters inside the Mixers (all layers), as `registered_parameters` finds them."""
+        return sum(p.numel() for b in self.blocks for p in registered_parameters(b.mixer))
+
+
+def registered_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every parameter registered in `module` and its submodules, found by reading the modules'
+    own registries (`_parameters`, `_modules`), never by calling methods a genome can override
+    (`parameters()`, `named_modules()`, ...). The optimizer trains exactly these and the
+    parameter count counts exactly these: a parameter hidden from one is hidden from both."""
+    found: dict[int, nn.Parameter] = {}
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen or not isinstance(m, nn.Module):
+            continue
+        seen.add(id(m))
+        own = object.__getattribute__(m, "__dict__")
+        for p in own.get("_parameters", {}).values():
+            if isinstance(p, nn.Parameter):
+                found.setdefault(id(p), p)
+        stack.extend(reversed(list(own.get("_modules", {}).values())))
+    return list(found.values())

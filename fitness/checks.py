@@ -1,12 +1,16 @@
-"""Structural checks on a freshly built Mixer, before any training.
+"""Structural checks on a freshly built Mixer, before any training, and the complexity verdict.
 
 Each check answers one question and returns None (pass) or a reason string the LLM
 repair step can act on: does the output have the input's shape and dtype, is it finite,
-do gradients flow and stay finite, is the mixer deterministic and causal (changing tokens
-after t never changes outputs at <= t), does it fit the parameter budget. A complexity probe
-measures forward time and activation memory at several lengths, fits how the cost
-scales with the sequence length, and can reject super-linear mixers
-(CheckSettings.max_complexity_exponent).
+do gradients flow and stay finite, is the mixer deterministic and causal (changing inputs
+after t never changes outputs at <= t, at two batch sizes and lengths, in train and eval mode,
+and changing one row of a batch never changes another), does it fit the parameter budget.
+
+These run inside the sandbox on an untrained Mixer: fast, clear feedback for honest code, but a
+genome can tell them apart from training. What decides selection is checked by the engine on
+the trained model (fitness.testset: causality on real test sequences at secret positions) and
+timed by the engine (`complexity_verdict`, from the round trips of the worker's forward passes
+at several lengths, the training length included).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 import torch
 import torch.nn as nn
 
+from fitness.backbone import registered_parameters
 from fitness.settings import CheckSettings
 
 
@@ -32,7 +37,7 @@ def param_budget(d_model: int, checks: CheckSettings) -> int:
 
 def check_params(mixer: nn.Module, d_model: int, checks: CheckSettings) -> str | None:
     """Reject a mixer above the parameter budget."""
-    n = sum(p.numel() for p in mixer.parameters())
+    n = sum(p.numel() for p in registered_parameters(mixer))
     budget = param_budget(d_model, checks)
     if n > budget:
         return f"parameter budget exceeded: {n:,} parameters > {budget:,} allowed at d_model={d_model}"
@@ -82,25 +87,43 @@ def probe_positions(seq_len: int, count: int, rng: random.Random) -> list[int]:
     return sorted(set(chosen))
 
 
+def _forward(mixer: nn.Module, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+    if seed is not None:  # train mode: the same dropout masks for both inputs
+        torch.manual_seed(seed)
+    return mixer(x)
+
+
 @torch.no_grad()
-def check_causality(mixer: nn.Module, x: torch.Tensor, checks: CheckSettings, rng: random.Random) -> str | None:
-    """Changing inputs after t must not change outputs at positions <= t (eval mode)."""
-    y = mixer(x)
-    if not torch.equal(y, mixer(x)):
-        diff = (y - mixer(x)).abs().max().item()
+def check_causality(mixer: nn.Module, x: torch.Tensor, checks: CheckSettings, rng: random.Random,
+                    seed: int | None = None) -> str | None:
+    """Changing inputs after t must not change outputs at positions <= t, and changing one row of
+    the batch must not change the others. `seed`: reseed torch before each forward (train mode)."""
+    mode = "train" if mixer.training else "eval"
+    y = _forward(mixer, x, seed)
+    again = _forward(mixer, x, seed)
+    if not torch.equal(y, again):
+        diff = (y - again).abs().max().item()
         if diff > checks.tolerance * (1 + y.abs().max().item()):
-            return f"forward is not deterministic in eval mode (two calls differ by {diff:.3g})"
+            return f"forward is not deterministic in {mode} mode (two calls differ by {diff:.3g})"
     scale = 1 + y.abs().max().item()
+    where = f"in {mode} mode at batch {x.shape[0]}, length {x.shape[1]}"
     for t in probe_positions(x.shape[1], checks.causality_positions, rng):
         x2 = x.clone()
         x2[:, t + 1:] = 3 * torch.randn_like(x2[:, t + 1:])
-        diff = (mixer(x2)[:, : t + 1] - y[:, : t + 1]).abs()
+        diff = (_forward(mixer, x2, seed)[:, : t + 1] - y[:, : t + 1]).abs()
         worst = diff.max().item()
         if not worst <= checks.tolerance * scale:
             first = int(diff.amax(dim=(0, 2)).gt(checks.tolerance * scale).nonzero()[0])
-            return (f"not causal: changing tokens after position {t} changed the output at position {first} "
-                    f"by {worst:.3g} (tolerance {checks.tolerance:g} x {scale:.3g}); outputs at t may only "
+            return (f"not causal {where}: changing tokens after position {t} changed the output at position "
+                    f"{first} by {worst:.3g} (tolerance {checks.tolerance:g} x {scale:.3g}); outputs at t may only "
                     f"depend on inputs at <= t")
+    if x.shape[0] > 1:
+        x2 = x.clone()
+        x2[1:] = 3 * torch.randn_like(x2[1:])
+        worst = (_forward(mixer, x2, seed)[0] - y[0]).abs().max().item()
+        if not worst <= checks.tolerance * scale:
+            return (f"rows of a batch are not independent {where}: changing the other rows changed row 0's "
+                    f"output by {worst:.3g}; each sequence must be mixed on its own")
     return None
 
 
@@ -133,63 +156,46 @@ def fit_exponent(lengths: list[int], values: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-@torch.no_grad()
-def complexity_probe(mixer: nn.Module, d_model: int, lengths: list[int], device: str, repeats: int = 5,
-                     time_margin: float = 0.4) -> dict:
-    """How the cost of one forward (batch 1) grows with the sequence length T.
+def steepest_exponent(lengths: list[int], values: list[float]) -> float:
+    """The largest log-log slope between consecutive lengths: growth as T**k somewhere in the range
+    (a fit over all lengths would let the cheap projections at short T hide quadratic growth)."""
+    logs = [(math.log(t), math.log(max(v, 1e-12))) for t, v in zip(lengths, values)]
+    return max((y1 - y0) / (x1 - x0) for (x0, y0), (x1, y1) in zip(logs, logs[1:]))
 
-    At each length: the activation memory saved for backward (MiB, exact, see
-    saved_activation_bytes) and the forward time (ms, no grad; the lower quartile of
-    `repeats` timed passes after a warm-up, interleaved across lengths so a burst of load
-    hits every length alike). Exponents k of cost ~ T**k are least-squares fits over all
-    lengths. "scaling_exponent", the one a limit is checked against, is the larger of the
-    memory exponent (deterministic) and the time exponent less `time_margin` (wall time on
-    a shared CPU is noisy, but it still catches quadratic work that saves nothing for
-    backward, e.g. a broadcast product reduced at once, or a Python loop over pairs)."""
-    lengths = sorted(set(lengths))
-    xs = {t: torch.randn(1, t, d_model, device=device) for t in lengths}
-    mems = {t: saved_activation_bytes(mixer, xs[t]) / 2 ** 20 for t in lengths}  # also the warm-up
-    runs: dict[int, list[float]] = {t: [] for t in lengths}
-    for _ in range(repeats):  # round-robin, so a burst of load hits every length alike
-        for t in lengths:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            mixer(xs[t])
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            runs[t].append(time.perf_counter() - t0)
-    # noise only ever adds time: the lower quartile is steadier than the median on a shared CPU
-    times = {t: statistics.quantiles(r, n=4)[0] * 1000 if len(r) >= 4 else min(r) * 1000 for t, r in runs.items()}
+
+def complexity_verdict(lengths: list[int], times_s: dict[int, list[float]], activation_bytes: dict[int, int],
+                       checks: CheckSettings) -> tuple[dict, str | None]:
+    """How one forward's cost grows with T, from engine-timed round trips (`times_s`: several per
+    length; the lower quartile counts, since load only ever adds time) and the activation memory
+    the worker measured (`activation_bytes`, saved for backward: a (T x T) matrix shows as T**2).
+    Returns (metrics, reason or None). The memory exponent is the steepest segment (exact); the
+    time exponent a least-squares fit (wall time on a shared CPU is noisy); "scaling_exponent",
+    checked against max_complexity_exponent, is the larger of the memory exponent and the time
+    exponent less complexity_time_margin."""
+    lengths = sorted(lengths)
+    times = {t: statistics.quantiles(times_s[t], n=4)[0] if len(times_s[t]) >= 4 else min(times_s[t])
+             for t in lengths}
     time_k = fit_exponent(lengths, [times[t] for t in lengths])
-    mem_k = fit_exponent(lengths, [mems[t] for t in lengths])
-    return {
-        "forward_ms": {str(k): round(v, 3) for k, v in times.items()},
-        "activation_mib": {str(k): round(v, 3) for k, v in mems.items()},
+    mem_k = steepest_exponent(lengths, [max(1, activation_bytes.get(t, 1)) for t in lengths])
+    metrics = {
+        "forward_ms": {str(t): round(v * 1000, 3) for t, v in times.items()},
+        "activation_mib": {str(t): round(activation_bytes.get(t, 0) / 2 ** 20, 3) for t in lengths},
         "time_exponent": round(time_k, 2), "memory_exponent": round(mem_k, 2),
-        "scaling_exponent": round(max(mem_k, time_k - time_margin), 2),
+        "scaling_exponent": round(max(mem_k, time_k - checks.complexity_time_margin), 2),
     }
-
-
-def check_complexity(metrics: dict, checks: CheckSettings) -> str | None:
-    """Reject when the fitted exponent exceeds checks.max_complexity_exponent."""
-    limit = checks.max_complexity_exponent
-    k = metrics["scaling_exponent"]
+    limit, k = checks.max_complexity_exponent, metrics["scaling_exponent"]
     if limit is None or k <= limit:
-        return None
-    lengths = ", ".join(metrics["forward_ms"])
-    return (f"complexity: cost grows as T**{k:.2f} (activation-memory exponent {metrics['memory_exponent']:.2f}, "
-            f"time exponent {metrics['time_exponent']:.2f}, fitted at T = {lengths}), above the limit "
-            f"max_complexity_exponent = {limit:g}; the mixer must be sub-quadratic, e.g. a recurrent or "
-            f"chunked form instead of a (T x T) matrix")
+        return metrics, None
+    return metrics, (f"complexity: cost grows as T**{k:.2f} (activation-memory exponent {mem_k:.2f}, time exponent "
+                     f"{time_k:.2f}, at T = {', '.join(map(str, lengths))}), above the limit max_complexity_exponent = "
+                     f"{limit:g}; the mixer must be sub-quadratic, e.g. a recurrent or chunked form instead of a "
+                     f"(T x T) matrix")
 
 
 def run_checks(make_mixer, d_model: int, seq_len: int, checks: CheckSettings, seed: int,
                device: str = "cpu") -> dict:
     """Build one Mixer and run every check; raise CheckFailed(reason) on the first failure.
-
-    Returns metrics (parameter count, complexity probe) when all checks pass.
-    """
+    Returns {"params_mixer_layer": n} when all pass."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     mixer = make_mixer().to(device)
@@ -199,16 +205,12 @@ def run_checks(make_mixer, d_model: int, seq_len: int, checks: CheckSettings, se
     x = torch.randn(2, seq_len, d_model, device=device)
     mixer.train()
     reason = reason or check_output(mixer, x) or check_gradients(mixer, x)
-    mixer.eval()
     if not reason and checks.causality:
-        reason = check_causality(mixer, x, checks, rng)
+        short = torch.randn(3, max(2, seq_len // 2), d_model, device=device)
+        mixer.eval()
+        reason = check_causality(mixer, x, checks, rng) or check_causality(mixer, short, checks, rng)
+        mixer.train()
+        reason = reason or check_causality(mixer, short, checks, rng, seed=seed)
     if reason:
         raise CheckFailed(reason)
-    metrics = {"params_mixer_layer": sum(p.numel() for p in mixer.parameters())}
-    if checks.complexity_probe or checks.max_complexity_exponent is not None:
-        metrics["complexity"] = complexity_probe(mixer, d_model, checks.complexity_lengths, device,
-                                                 checks.complexity_repeats, checks.complexity_time_margin)
-        reason = check_complexity(metrics["complexity"], checks)
-        if reason:
-            raise CheckFailed(reason)
-    return metrics
+    return {"params_mixer_layer": sum(p.numel() for p in registered_parameters(mixer))}

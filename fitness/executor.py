@@ -6,9 +6,12 @@ drives it, so no Python state is shared with genomes. Each slot owns a fork serv
 (fitness.forkserver, started on first use, restarted if it dies) that forks the fresh
 process of every evaluation, so torch is imported once per slot rather than once per
 genome; `sandbox.fork_server = false` spawns a new interpreter each time instead. On
-CUDA each slot is pinned to a GPU (round-robin via CUDA_VISIBLE_DEVICES). `RayExecutor` (fitness.executor_ray) runs the
-same sandboxed evaluation as Ray tasks behind the same interface; `make_executor(settings)`
-picks one by `settings.executor`.
+CUDA each slot is pinned to a GPU (round-robin via CUDA_VISIBLE_DEVICES). `RayExecutor`
+(fitness.executor_ray) runs the same sandboxed evaluation as Ray tasks behind the same
+interface; `make_executor(settings, secret)` picks one by `settings.executor`.
+
+Before its first evaluation an executor runs the sandbox self-test (fitness.selftest) and
+raises SandboxUnavailable if a required layer does not hold; `containment` keeps the report.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from fitness.evaluate import evaluate
 from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
 from fitness.sandbox import worker_env
+from fitness.selftest import describe, require_held, self_test
 from fitness.settings import FitnessSettings
 
 log = logging.getLogger(__name__)
@@ -52,9 +56,11 @@ class Slot:
 class LocalExecutor:
     """Evaluate jobs in up to `settings.workers` sandboxed subprocesses at once."""
 
-    def __init__(self, settings: FitnessSettings):
-        self.settings = settings
+    def __init__(self, settings: FitnessSettings, secret: bytes):
+        self.settings, self.secret = settings, secret
         self.device = resolve_device(settings.device)
+        self.containment: dict | None = None  # the self-test's report, once it ran
+        self._tested = threading.Lock()
         self._slots: queue.Queue[Slot] = queue.Queue()
         self._all_slots = [Slot(env) for env in device_slots(self.device, settings.workers)]
         for slot in self._all_slots:
@@ -75,11 +81,19 @@ class LocalExecutor:
 
     def _run_one(self, job: EvalJob) -> Evaluation:
         if check_policy(job.code) is not None:  # answered here, without waiting for a slot or its server
-            return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings, device=self.device)
+            return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings, self.secret,
+                            device=self.device)
         slot = self._slots.get()
         try:
-            return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings,
-                            device=self.device, env=slot.env, cancel=self._cancel, server=self._server(slot))
+            server = self._server(slot)
+            with self._tested:
+                if self.containment is None:
+                    report = self_test(self.settings, self.device, slot.env, server)
+                    require_held(report, self.settings.sandbox.allow_missing)
+                    self.containment = report
+                    log.info("sandbox self-test:\n%s", describe(report))
+            return evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings, self.secret,
+                            device=self.device, env=slot.env, cancel=self._cancel, server=server)
         finally:
             self._slots.put(slot)
 
@@ -140,11 +154,12 @@ class Executor(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
-def make_executor(settings: FitnessSettings) -> Executor:
+def make_executor(settings: FitnessSettings, secret: bytes) -> Executor:
     """The executor `settings.executor` names: "local" (LocalExecutor) or "ray" (RayExecutor,
-    which needs the `ray` extra and starts or joins a Ray cluster here)."""
+    which needs the `ray` extra and starts or joins a Ray cluster here). `secret`: the key the
+    held-out test sets derive from (fitness.secret)."""
     if settings.executor == "ray":
         from fitness.executor_ray import RayExecutor
 
-        return RayExecutor(settings)
-    return LocalExecutor(settings)
+        return RayExecutor(settings, secret)
+    return LocalExecutor(settings, secret)

@@ -5,9 +5,10 @@ order; closing the iterator early cancels what is still queued or running; `clos
 everything and shuts down the Ray cluster if this executor started it.
 
 Each Ray task calls `fitness.evaluate(...)`, the same entry the local executor uses, so the
-evaluation still runs in its own sandboxed subprocess (fresh process per genome, own process
-group, rlimits, audit hook, wall timeout, group killed at the end); the Ray worker only
-drives it, forking that subprocess from a fork server it keeps for its later tasks. Ray schedules on `num_cpus=threads_per_worker` and `num_gpus=gpus_per_eval`; a
+evaluation still runs in its own sandboxed worker with every containment layer, scored by the
+Ray task (engine side, holding the secret) from the worker's predictions; the Ray worker only
+drives it, forking the sandbox from a fork server it keeps for its later tasks. The first run
+self-tests the sandbox in a Ray task (fitness.selftest) before any genome is sent. Ray schedules on `num_cpus=threads_per_worker` and `num_gpus=gpus_per_eval`; a
 task that got GPUs sees them through the CUDA_VISIBLE_DEVICES Ray sets, which the sandbox
 passes on to its child; a task without GPUs gets CUDA_VISIBLE_DEVICES="" so it cannot use
 a GPU Ray did not give it.
@@ -32,6 +33,7 @@ from fitness.evaluate import evaluate
 from fitness.executor import EvalJob, running_server
 from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
+from fitness.selftest import require_held, self_test
 from fitness.settings import FitnessSettings
 
 CANCEL_GRACE_S = 30.0  # how long a cancelled task gets to kill its sandbox before its Ray worker is killed
@@ -62,15 +64,27 @@ def _fork_server(settings: FitnessSettings, env: dict[str, str]) -> ForkServer |
     return _SERVERS[key]
 
 
-def _evaluate_task(job: EvalJob, settings: FitnessSettings) -> Evaluation:
-    """Body of one Ray task: the ordinary sandboxed `evaluate` on this node's CPU or Ray-assigned GPU."""
+def _task_device() -> tuple[str, dict[str, str]]:
+    """The device of the running Ray task and the environment that pins its worker to it."""
     import ray
 
     if ray.get_gpu_ids():
-        device, env = "cuda", {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}  # the task's GPUs
-    else:
-        device, env = "cpu", {"CUDA_VISIBLE_DEVICES": ""}
-    ev = evaluate(job.genome_id, job.code, job.stage, None, job.seed, settings, device=device, env=env,
+        return "cuda", {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}  # the task's GPUs
+    return "cpu", {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def _self_test_task(settings: FitnessSettings) -> dict:
+    """Body of the self-test task: fitness.selftest on a node as its evaluations will run there."""
+    device, env = _task_device()
+    return self_test(settings, device, env, _fork_server(settings, env))
+
+
+def _evaluate_task(job: EvalJob, settings: FitnessSettings, secret: bytes) -> Evaluation:
+    """Body of one Ray task: the ordinary sandboxed `evaluate` on this node's CPU or Ray-assigned GPU."""
+    import ray
+
+    device, env = _task_device()
+    ev = evaluate(job.genome_id, job.code, job.stage, None, job.seed, settings, secret, device=device, env=env,
                   server=_fork_server(settings, env))
     ev.metrics["executor"] = "ray"
     ev.metrics["ray_node_ip"] = ray.util.get_node_ip_address()
@@ -80,9 +94,10 @@ def _evaluate_task(job: EvalJob, settings: FitnessSettings) -> Evaluation:
 class RayExecutor:
     """Evaluate jobs as Ray tasks (one sandboxed subprocess each), on a local or remote Ray cluster."""
 
-    def __init__(self, settings: FitnessSettings):
+    def __init__(self, settings: FitnessSettings, secret: bytes):
         ray = _import_ray()
         self.settings = settings
+        self.containment: dict | None = None  # the self-test's report, once it ran
         self._ray = ray
         self._owns_cluster = False
         self._inflight: dict = {}  # ObjectRef -> EvalJob, over all open run() iterators
@@ -104,7 +119,10 @@ class RayExecutor:
                 num_cpus=settings.threads_per_worker, num_gpus=self.gpus_per_eval,
                 max_retries=1,  # once more if the Ray worker or node died; never for what the genome did
             )
+            self._self_test = ray.remote(_self_test_task).options(num_cpus=settings.threads_per_worker,
+                                                                 num_gpus=self.gpus_per_eval, max_retries=1)
             self._settings_ref = ray.put(settings)  # shipped once, not with every task
+            self._secret_ref = ray.put(secret)
         except BaseException:
             self.close()
             raise
@@ -144,9 +162,13 @@ class RayExecutor:
             for job in jobs:
                 if check_policy(job.code) is not None:  # evaluate() answers these without spawning
                     rejected.append(evaluate(job.genome_id, job.code, job.stage, None, job.seed, self.settings,
-                                             device="cpu"))
+                                             b"", device="cpu"))
                     continue
-                ref = self._task.remote(job, self._settings_ref)
+                if self.containment is None:
+                    report = self._ray.get(self._self_test.remote(self._settings_ref))
+                    require_held(report, self.settings.sandbox.allow_missing)
+                    self.containment = report
+                ref = self._task.remote(job, self._settings_ref, self._secret_ref)
                 pending[ref] = job
                 self._inflight[ref] = job
             while rejected:

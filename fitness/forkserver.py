@@ -4,14 +4,16 @@ A fresh `python -m fitness.worker` spends ~7 s importing torch, torch._dynamo (w
 torch.optim pulls in on the first AdamW) and the harness before it can train anything: about
 20% of a stage-1 evaluation on a CPU. The fork server is a process that does those imports
 once, runs no torch op (so it holds no OpenMP pool and has not touched CUDA) and never sees
-a genome; for each evaluation it forks one child that becomes the worker. Every genome still
-gets its own process that never ran another genome, in its own session and process group,
-with the same rlimits, Landlock, audit hook and integrity snapshot, all set up after the fork.
+a genome; for each evaluation it forks one child that becomes the launcher (fitness.worker),
+which applies the containment layers and forks the worker. Every genome still gets its own
+process that never ran another genome, in its own session and namespaces, with every layer
+set up after the fork.
 
-Parent side: `ForkServer.start(env)`, then per evaluation `spawn(stdin_fd, stdout_fd, stderr_fd,
-cwd, env) -> pid` and `wait(pid, timeout) -> exit code` (negative: killed by that signal, as
-subprocess reports it). Server side (`python -m fitness.forkserver FD`): a loop over requests
-on the Unix socket FD, each carrying the child's three descriptors (SCM_RIGHTS).
+Parent side: `ForkServer.start(env)`, then per evaluation `spawn(fds, cwd, env) -> pid` and
+`wait(pid, timeout) -> (exit code, usage)` (code negative: killed by that signal, as
+subprocess reports it; usage: CPU seconds and peak resident memory of the launcher and the
+worker, from wait4). Server side (`python -m fitness.forkserver FD`): a loop over requests on
+the Unix socket FD, each carrying the child's three descriptors (SCM_RIGHTS).
 
 Lifetimes: the server exits when its socket closes (the engine exited or was killed), killing
 the child it is waiting on; a child gets SIGKILL when the server dies (PR_SET_PDEATHSIG), so
@@ -96,12 +98,21 @@ class ForkServer:
             raise ForkServerError(f"fork failed: {reply}")
         return int(reply["pid"])
 
-    def wait(self, pid: int, timeout_s: float = 30.0) -> int:
-        """Exit code of the worker `pid` once it has ended (negative: the signal that killed it)."""
+    def wait(self, pid: int, timeout_s: float = 30.0) -> tuple[int, dict]:
+        """(exit code, usage) of the launcher `pid` once it has ended (code negative: the signal that
+        killed it; usage: {"cpu_s", "max_rss_mb"} of it and the worker it waited for)."""
         reply = self._recv(timeout_s)
         if reply.get("op") != "exited" or reply.get("pid") != pid:
             raise ForkServerError(f"unexpected fork-server reply {reply} while waiting for {pid}")
-        return int(reply["code"])
+        return int(reply["code"]), reply.get("usage", {})
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether a reply is waiting, or arrives within `seconds` (without reading it)."""
+        if b"\n" in self._buffer:
+            return True
+        if self.sock is None:
+            raise ForkServerError("the fork server is closed")
+        return bool(select.select([self.sock], [], [], seconds)[0])
 
     def close(self) -> None:
         """Stop the server (it kills a worker it still waits on)."""
@@ -168,9 +179,16 @@ def _preload() -> None:
     import torch
     import torch._dynamo  # noqa: F401  - what the first AdamW would import (~3 s)
     import torch.optim  # noqa: F401
+    import torch.utils._python_dispatch  # noqa: F401  - the worker lists the harness's operators with it
 
-    from fitness import backbone, checks, evaluate, guard, settings, tasks, train, worker  # noqa: F401
+    from fitness import (backbone, cgroup, checks, containment, genome_module, guard, landlock,  # noqa: F401
+                         namespaces, protocol, seccomp, settings, tasks, train, worker)
     from fitness.tasks import mqar, shakespeare  # noqa: F401
+
+    try:
+        import pyseccomp  # noqa: F401  - finds libseccomp with a subprocess: never under the sandbox
+    except (ImportError, OSError):
+        pass
 
     try:
         import einops  # noqa: F401
@@ -195,7 +213,7 @@ def _child(fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> No
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from fitness import worker
 
-        worker.main()
+        worker.launch()
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(2, f"fork server child failed: {type(e).__name__}: {e}\n".encode())
@@ -204,12 +222,17 @@ def _child(fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> No
     os._exit(0)
 
 
-def _wait_for(pid: int, sock: socket.socket) -> int | None:
-    """Reap `pid`; None if the engine hung up meanwhile (then the child's group is killed)."""
+def usage(rusage) -> dict:
+    """CPU seconds and peak resident memory (MiB) from a wait4 resource usage."""
+    return {"cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3), "max_rss_mb": round(rusage.ru_maxrss / 1024, 1)}
+
+
+def _wait_for(pid: int, sock: socket.socket) -> tuple[int, dict] | None:
+    """Reap `pid`: (exit code, usage); None if the engine hung up meanwhile (the child's group is killed)."""
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, rusage = os.wait4(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status)
+            return os.waitstatus_to_exitcode(status), usage(rusage)
         ready, _, _ = select.select([sock], [], [], 0.05)
         if ready and not sock.recv(1, socket.MSG_PEEK):
             try:
@@ -254,10 +277,10 @@ def serve() -> None:
                 os.close(fd)
             fds = []
             send({"op": "forked", "pid": pid})
-            code = _wait_for(pid, sock)
-            if code is None:
+            ended = _wait_for(pid, sock)
+            if ended is None:
                 return
-            send({"op": "exited", "pid": pid, "code": code})
+            send({"op": "exited", "pid": pid, "code": ended[0], "usage": ended[1]})
 
 
 if __name__ == "__main__":

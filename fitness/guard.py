@@ -1,14 +1,15 @@
-"""Runtime guard of the worker: a `sys.addaudithook` hook installed before the genome loads.
+"""In-process lint of the worker: a `sys.addaudithook` hook installed before the genome loads.
 
-The second layer of defence, behind the static policy. Once armed it denies (raises
-PermissionError inside the genome's call):
+Like the static policy it is a fast filter with clear messages for the LLM, not a boundary
+(a genome that subverts its own interpreter gets past it; the kernel layers of
+fitness.containment hold regardless). Once armed it denies (raises PermissionError inside the
+genome's call):
 
 - opening files for writing, creating/removing/renaming files outside the scratch dir;
 - reading or listing files outside the interpreter's install, the project and a few
   system paths torch needs (so /etc, /home, ... are unreadable);
 - every socket operation; ctypes; new imports of process/network/FFI modules;
-- process creation (fork, posix_spawn, subprocess, os.system) beyond `max_procs`, and
-  exec, which would replace the worker;
+- process creation (fork, posix_spawn, subprocess, os.system) and exec;
 - os.kill/killpg, setrlimit/prlimit (root could raise the hard limits), chdir, chroot,
   new audit hooks, tracing/profiling hooks, and gc/frame introspection (which could find
   the result nonce): `sys._getframe` and the audited frame/code attributes (`tb_frame`,
@@ -19,17 +20,12 @@ PermissionError inside the genome's call):
 
 Audit hooks cannot be removed, and `signal.signal`, thread creation and setting
 attributes on classes or modules are not audit events in Python 3.11: the policy forbids
-them, and the worker checks the harness's integrity, its signal handlers and its threads
-(fitness.worker). `restrict_filesystem` adds a kernel layer (Landlock, Linux >= 5.13):
-no file may be created, written, truncated or removed outside the scratch dir by any code,
-C extensions included, no program may be executed, no TCP connect/bind, and no signal
-may reach a process outside the sandbox.
+them, and the worker checks the harness's integrity (fitness.worker).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import sys
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -38,7 +34,7 @@ _SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/proc/self/maps", "/proc/self/s
                       "/sys/devices/system", "/sys/fs/cgroup", "/dev/null", "/dev/urandom",
                       "/etc/ld.so.cache", "/etc/localtime")
 _DENIED_IMPORTS = frozenset({"socket", "_socket", "subprocess", "_posixsubprocess", "ctypes", "_ctypes",
-                             "multiprocessing", "pty", "urllib.request", "http.client", "ftplib",
+                             "multiprocessing", "pty", "urllib.request", "http.client", "ftplib", "_cffi_backend",
                              "smtplib", "telnetlib", "asyncio", "ssl", "webbrowser", "cffi", "sqlite3",
                              "_sqlite3", "_thread", "mmap", "fcntl", "dbm", "shelve"})
 _ALWAYS_DENIED = frozenset({
@@ -127,7 +123,7 @@ class Guard:
             self._trusted[0] -= 1
 
 
-def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, ...] = (),
+def install(scratch_dir: str, extra_read_roots: tuple[str, ...] = (),
             genome_files: frozenset[str] = frozenset({"<genome>"})) -> Guard:
     """Arm the audit hook for the rest of this process's life (irreversible).
 
@@ -140,7 +136,6 @@ def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, .
     read_roots = tuple(sorted(prefixes)) + packages + _SYSTEM_READ_ROOTS + scratch + tuple(extra_read_roots)
     read_roots += tuple(os.path.realpath(p) for p in sys.path
                         if p and os.path.isdir(p) and os.path.realpath(p) != project)
-    procs = [0]
     handle = Guard()
     trusted = handle._trusted
     busy = [0]  # the hook's own frame walk raises the same events
@@ -185,9 +180,7 @@ def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, .
                 deny(event + what, "frame/code introspection" if event in ("sys._getframe", "object.__getattr__")
                      else "changing a function's or class's internals")
         elif event in _PROCESS_EVENTS:
-            procs[0] += 1
-            if procs[0] > max_procs:
-                deny(event, f"process creation (max_procs={max_procs})")
+            deny(event, "process creation")
         elif event in _WRITE_PATH_EVENTS:
             for i in _WRITE_PATH_EVENTS[event]:
                 if i < len(args) and args[i] is not None and not _inside(args[i], scratch):
@@ -202,75 +195,3 @@ def install(scratch_dir: str, max_procs: int = 0, extra_read_roots: tuple[str, .
 
     sys.addaudithook(hook)
     return handle
-
-
-# Landlock (Linux >= 5.13), via raw syscalls; the numbers are the same on every architecture.
-_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
-_PR_SET_NO_NEW_PRIVS = 38
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_TRUNCATE = 1 << 0, 1 << 1, 1 << 2, 1 << 14
-_FS_WRITE_ABI1 = sum(1 << i for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))  # write, remove, make_*
-_FS_REFER = 1 << 13  # ABI 2
-_NET_ALL = (1 << 0) | (1 << 1)  # ABI 4: bind / connect TCP
-_SCOPE_ALL = (1 << 0) | (1 << 1)  # ABI 6: abstract unix sockets, signals
-
-
-def restrict_filesystem(scratch_dir: str) -> str:
-    """Kernel-enforce (Landlock) that this process and its children write only under
-    scratch_dir (and to character devices in /dev: /dev/null, GPUs), execute no program
-    (execve; shared libraries still load), make no TCP connections and signal no process
-    outside the sandbox. Irreversible.
-    Returns a description of what was applied, or why not ("unavailable: ...")."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        abi = libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-        if abi < 1:
-            return f"unavailable: {os.strerror(ctypes.get_errno())}"
-        write = _FS_WRITE_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
-        fs = write | _FS_EXECUTE  # handled; execute is granted nowhere: no execve at all
-        net = _NET_ALL if abi >= 4 else 0
-        scoped = _SCOPE_ALL if abi >= 6 else 0
-
-        class RulesetAttr(ctypes.Structure):
-            _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
-
-        class PathBeneath(ctypes.Structure):
-            _pack_ = 1
-            _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-        attr = RulesetAttr(fs, net, scoped)
-        size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-        rfd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-        if rfd < 0:
-            return f"unavailable: create_ruleset: {os.strerror(ctypes.get_errno())}"
-        file_rights = write & (_FS_WRITE_FILE | _FS_TRUNCATE)
-        paths = [(os.path.realpath(scratch_dir), write)]
-        for name in sorted(os.listdir("/dev")):
-            path = os.path.join("/dev", name)
-            if os.path.isdir(path):
-                if name.startswith("nvidia"):
-                    paths.append((path, write & ~_FS_REFER))
-            elif not os.path.islink(path) and os.path.exists(path) and \
-                    stat.S_ISCHR(os.stat(path).st_mode):
-                paths.append((path, file_rights))
-        try:
-            for path, rights in paths:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                try:
-                    rule = PathBeneath(rights, fd)
-                    if libc.syscall(_SYS_ADD_RULE, rfd, 1, ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
-                        return f"unavailable: add_rule {path}: {os.strerror(ctypes.get_errno())}"
-                finally:
-                    os.close(fd)
-            if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                return f"unavailable: no_new_privs: {os.strerror(ctypes.get_errno())}"
-            if libc.syscall(_SYS_RESTRICT_SELF, rfd, ctypes.c_uint32(0)) < 0:
-                return f"unavailable: restrict_self: {os.strerror(ctypes.get_errno())}"
-        finally:
-            os.close(rfd)
-        parts = ["writes only in scratch", "no exec"] + (["no TCP"] if net else []) + (["signals scoped"] if scoped else [])
-        return f"landlock ABI {abi}: " + ", ".join(parts)
-    except (OSError, AttributeError, ValueError) as e:
-        return f"unavailable: {type(e).__name__}: {e}"

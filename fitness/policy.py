@@ -1,11 +1,14 @@
 """Static AST policy: may this genome's source be run at all?
 
-The first of three layers (policy -> audit hook in the worker -> rlimits and process-group
-kill). It is deliberately strict and purely syntactic: a genome may import only a few
-numeric modules, may not name dangerous builtins or attributes, may not reach private or
-dunder attributes (the classic `().__class__.__base__.__subclasses__()` escapes), and may
-not assign to attributes of anything but `self` (no monkeypatching torch). A rejection
-names the line and the construct so the LLM repair step can fix it.
+A fast first filter with clear messages for the LLM, not a boundary: it is purely syntactic,
+so a determined genome can get past it (`Mixer.method(torch)` makes `self` be torch), and
+nothing depends on it for safety (the kernel layers of fitness.containment hold whatever the
+genome's code does, and the engine computes the score). It is deliberately strict: a genome
+may import only a few numeric modules, may not name dangerous builtins or attributes, may not
+reach private or dunder attributes (the classic `().__class__.__base__.__subclasses__()`
+escapes) except on `self` as the first parameter of a method, and may not assign to
+attributes of anything else (no monkeypatching torch). A rejection names the line and the
+construct so the LLM repair step can fix it.
 """
 from __future__ import annotations
 
@@ -110,6 +113,8 @@ class _Visitor(ast.NodeVisitor):
         self.classes: set[str] = set()  # classes the genome defined so far (may be subclassed)
         self.torch_aliases: set[str] = set()  # names bound to torch, torch.nn, ..., typing
         self.torch_names: set[str] = set()  # names imported from torch.nn, torch.autograd, typing
+        self.in_class = [False]  # per scope: is it a class body (so its functions are methods)
+        self.method_self = [False]  # per scope: is `self` the first parameter of an enclosing method
 
     def _check_base(self, base: ast.expr, node: ast.ClassDef) -> None:
         """A class may derive only from torch.nn / torch.autograd / typing classes or the
@@ -127,12 +132,18 @@ class _Visitor(ast.NodeVisitor):
             self.fail(node, f"the base class `{ast.unparse(base)}` (a class may derive only from torch.nn / "
                             "torch.autograd classes or classes defined in the genome, never from a tensor type)")
 
+    def _is_self(self, node: ast.expr) -> bool:
+        """`self` as the first parameter of an enclosing method (not any variable named self)."""
+        return isinstance(node, ast.Name) and node.id == "self" and self.method_self[-1]
+
     def fail(self, node: ast.AST, what: str) -> None:
         raise PolicyViolation(f"line {getattr(node, 'lineno', '?')}: {what} is not allowed")
 
     # imports -------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
+            if (alias.asname or alias.name.split(".")[0]) == "self":
+                self.fail(node, "rebinding `self`")
             if alias.name not in ALLOWED_IMPORTS:
                 self.fail(node, f"import of `{alias.name}` (allowed: {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))})")
             if alias.name.startswith("torch") or alias.name == "typing":
@@ -143,6 +154,8 @@ class _Visitor(ast.NodeVisitor):
             self.fail(node, f"import from `{'.' * node.level}{node.module or ''}`")
         for alias in node.names:
             full = f"{node.module}.{alias.name}"
+            if (alias.asname or alias.name) == "self":
+                self.fail(node, "rebinding `self`")
             if alias.name == "*":
                 self.fail(node, f"`from {node.module} import *`")
             if (alias.name in FORBIDDEN_ATTRS or alias.name in FORBIDDEN_NAMES or alias.name.startswith("_")) \
@@ -157,6 +170,14 @@ class _Visitor(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.fail(node, f"the name `{node.id}`")
+        if node.id == "self" and not isinstance(node.ctx, ast.Load):
+            self.fail(node, "rebinding `self`")
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name == "self":
+            self.fail(node, "rebinding `self`")
+        self.generic_visit(node)
+
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self.generic_visit(node)  # innermost first: `torch.hub.load` is reported as `.hub`
@@ -168,8 +189,8 @@ class _Visitor(ast.NodeVisitor):
                              and isinstance(node.value.func, ast.Name) and node.value.func.id == "super")
             if not is_super_init:
                 self.fail(node, f"dunder attribute `.{name}` (only `super().__init__` is allowed)")
-        elif name.startswith("_") and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
-            self.fail(node, f"private attribute `.{name}` (only on `self`)")
+        elif name.startswith("_") and not self._is_self(node.value):
+            self.fail(node, f"private attribute `.{name}` (only on `self`, the first parameter of a method)")
 
     # assignments: only to local names or attributes of self --------------------------------
     def _check_target(self, target: ast.expr, node: ast.AST) -> None:
@@ -182,7 +203,7 @@ class _Visitor(ast.NodeVisitor):
             return
         if isinstance(target, (ast.Attribute, ast.Subscript)):
             root = _root(target)
-            if isinstance(target, ast.Attribute) and not (isinstance(root, ast.Name) and root.id == "self"):
+            if isinstance(target, ast.Attribute) and not self._is_self(root):
                 self.fail(node, "assigning to an attribute of anything but `self` (e.g. monkeypatching torch)")
             if isinstance(target, ast.Attribute) and not isinstance(target.value, ast.Name):
                 self.fail(node, f"assigning to the nested attribute `{ast.unparse(target)}` (only `self.name = ...` "
@@ -235,15 +256,35 @@ class _Visitor(ast.NodeVisitor):
         if _is_dunder(node.name):
             self.fail(node, f"the class name `{node.name}`")
         self.depth += 1
+        self.in_class.append(True)
+        self.method_self.append(False)
         self.generic_visit(node)
+        self.method_self.pop()
+        self.in_class.pop()
         self.depth -= 1
 
     def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         if _is_dunder(node.name) and node.name != "__init__":
             self.fail(node, f"defining `{node.name}` (the only dunder method allowed is `__init__`)")
+        args = node.args.posonlyargs + node.args.args
+        is_method = self.in_class[-1] and bool(args) and args[0].arg == "self" and not node.decorator_list
+        rebinds = any(a.arg == "self" for a in args[1:] + node.args.kwonlyargs) or \
+            (node.args.vararg and node.args.vararg.arg == "self") or (node.args.kwarg and node.args.kwarg.arg == "self")
         self.depth += 1
+        self.in_class.append(False)
+        self.method_self.append(is_method or (self.method_self[-1] and not rebinds and not (args and args[0].arg == "self")))
         self.generic_visit(node)
+        self.method_self.pop()
+        self.in_class.pop()
         self.depth -= 1
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+        self.method_self.append(self.method_self[-1] and "self" not in names)
+        self.in_class.append(False)
+        self.generic_visit(node)
+        self.in_class.pop()
+        self.method_self.pop()
 
     visit_FunctionDef = _visit_function
 

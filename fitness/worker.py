@@ -1,29 +1,30 @@
-"""The child process that evaluates one genome: `python -m fitness.worker`.
+"""The sandboxed evaluation of one genome: a launcher process and the worker it forks.
 
-Protocol: the parent writes one JSON job on stdin (code, settings, seed, a random nonce);
-the worker moves its stdout aside (the genome's prints and tracebacks go to the stderr
-log), imports torch and the harness, arms its runtime layers, then loads and evaluates
-the genome and writes `<nonce> <result JSON>` on the saved stdout descriptor. A result
-without the nonce is treated as forged. The worker ends with os._exit so no genome
-finaliser or thread can run after the report.
+`launch()` is the launcher (`python -m fitness.worker`, or the child a fork server forks): trusted
+code that applies the layers that must exist before the worker does (rlimits, the evaluation's
+cgroup, fresh namespaces; fitness.containment), forks the worker, waits for it and exits with
+its status. The worker is process 1 of its PID namespace, so when it ends, or the launcher dies
+(the worker has PR_SET_PDEATHSIG = SIGKILL), the kernel kills everything left inside.
 
-Runtime layers armed before the genome loads (the static policy is the first layer):
+`serve()` is the worker. It reads the job (fitness.protocol frames on stdin: code, settings,
+training seed), loads what training needs (the training split, never held-out data), applies
+its own layers (private mounts, an unprivileged user, Landlock, seccomp), arms the in-process
+lint (audit hook, harness-integrity snapshot, no Python threads) and reports every layer to the
+engine (`armed`) before any genome code exists in the process. Only when the engine answers
+does it run the genome, at the engine's request:
 
-- Landlock (fitness.guard.restrict_filesystem): writes only under the scratch dir, no TCP,
-  no signals to processes outside the sandbox; kernel-enforced, C code included.
-- The audit hook (fitness.guard.install): files, sockets, processes, frames, ctypes.
-- No new threads (`_thread.start_new_thread` is replaced), no `_posixsubprocess.fork_exec`
-  (loaded by torch, not audited), and the timer/user signals
-  are blocked, so nothing of the genome runs "later" behind the harness's back.
-- Harness integrity: the namespaces the scoring depends on (torch, torch.nn.functional,
-  torch.Tensor, nn.Module and every torch.nn / torch.optim class, builtins, json, the
-  fitness package and its classes, sys.modules entries) are snapshotted after the
-  harness is imported and before the genome is; they are compared again before and
-  after the checks, after every forward of the backbone, before every optimizer step,
-  around the held-out scoring and before the report. Any replaced, added or removed
-  entry (monkeypatching torch, the backbone, the task, builtins, ...), a Python signal
-  handler, an armed interval timer or a surviving thread turns the result into
-  `rejected` with a reason naming what was changed.
+- `train` {task}: load the genome (first time), structural checks, train -> `trained` with what
+  it measured (untrusted: the engine stores it as reported), or `error` {status, reason};
+- `predict` + arrays (inputs, requested positions, candidates) -> `predictions` (log-probabilities
+  and argmax; the engine holds the labels and scores them, see fitness.testset);
+- `time` {length} -> `timed` (one forward of the trained Mixer, which the engine times);
+- `bye` -> exit.
+
+A job with "probe" set is the containment self-test: no lint is armed and no genome loaded; the
+worker answers `probe` with what fitness.containment.probe saw, then exits.
+
+Everything it writes goes to the result pipe; the genome's prints go to the capped log. Nothing
+the worker says is trusted beyond the `armed` report; the engine checks every array it reads.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import sys
 _MISSING = object()
 # Modules that legitimately rebind their own globals at run time (lazy profiler state).
 _UNWATCHED = ("fitness.worker", "torch.autograd.profiler")
+_UNWATCHED_NAMES = ("__warningregistry__",)  # warnings' per-module registries change when a warning is shown
 
 
 def _copy(value):
@@ -42,11 +44,6 @@ def _copy(value):
 
 class Tampered(BaseException):
     """The genome changed the harness (raised inside the harness to stop the evaluation)."""
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def _watched_namespaces() -> list[tuple[str, object]]:
@@ -62,10 +59,11 @@ def _watched_namespaces() -> list[tuple[str, object]]:
     for name, mod in list(sys.modules.items()):
         if mod is not None and name.startswith(prefixes) and not name.startswith(_UNWATCHED):
             modules[name] = mod
+    worker = sys.modules[__name__]  # its globals change, its classes must not
     out: list[tuple[str, object]] = [(name, mod) for name, mod in sorted(modules.items())]
     classes = {id(torch.Tensor): ("torch.Tensor", torch.Tensor),
                id(nn.Parameter): ("torch.nn.Parameter", nn.Parameter)}
-    for name, mod in sorted(modules.items()):
+    for name, mod in sorted(modules.items()) + [(__name__, worker)]:
         if not name.startswith(prefixes):
             continue
         for attr, value in list(vars(mod).items()):
@@ -76,20 +74,21 @@ def _watched_namespaces() -> list[tuple[str, object]]:
 
 
 class Integrity:
-    """A snapshot of the harness's namespaces; verify() names the first difference."""
+    """A snapshot of the harness's namespaces; verify() names the first difference. In-process lint:
+    it gives an honest error a clear name ("tampering with the harness"); the score does not
+    depend on it, since the engine computes it from predictions on data the genome never had."""
 
-    def __init__(self) -> None:
+    def __init__(self, ops: list[str]) -> None:
         watched = _watched_namespaces()
-        self.entries = [(label, vars(obj), dict(vars(obj))) for label, obj in watched]
+        self.entries = [(label, vars(obj), {k: v for k, v in vars(obj).items() if k not in _UNWATCHED_NAMES})
+                        for label, obj in watched]
         self.modules = {label: obj for label, obj in watched if type(obj) is type(os)}
-        # registries mutated in place, not rebound: torch's global module/optimizer hooks
-        self.registries = []
+        self.registries = []  # torch's global module/optimizer hooks: mutated in place, not rebound
         for label in ("torch.nn.modules.module", "torch.optim.optimizer"):
             mod = sys.modules.get(label)
             for name, value in sorted(vars(mod).items()) if mod is not None else ():
                 if name.startswith("_global_") and isinstance(value, dict):
                     self.registries.append((f"{label}.{name}", value, len(value)))
-        # the harness's own mutable globals (fitness.tasks._TASKS, ...): compared by value
         self.containers = [(f"{label}.{name}", value, _copy(value)) for label, ns, _ in self.entries
                            if label.startswith(("fitness", "evo")) and type(ns) is dict
                            for name, value in sorted(ns.items())
@@ -98,11 +97,13 @@ class Integrity:
 
         self.mode_stacks = [(name, getattr(torch._C, name)) for name in
                             ("_len_torch_function_stack", "_len_torch_dispatch_stack") if hasattr(torch._C, name)]
+        self.dump = torch._C._dispatch_dump
+        self.kernels = {op: self.dump(op) for op in ops}
         self.problems: list[str] = []
 
     def verify(self, when: str, _type=type, _len=len, _module=type(os), _missing=_MISSING) -> str | None:
         for label, ns, snap in self.entries:
-            if _len(ns) != _len(snap) or any(ns.get(k, _missing) is not v for k, v in snap.items()):
+            if any(ns.get(k, _missing) is not v for k, v in snap.items()) or _len(ns) != _len(snap):
                 for k, v in snap.items():
                     now = ns.get(k, _missing)
                     if now is _missing:
@@ -110,6 +111,8 @@ class Integrity:
                     if now is not v:
                         return self._flag(f"`{label}.{k}` was replaced ({when})")
                 for k in ns.keys() - snap.keys():
+                    if k in _UNWATCHED_NAMES:
+                        continue
                     if _type(ns[k]) is not _module or label in ("builtins",) or label.startswith(("fitness", "evo")):
                         return self._flag(f"`{label}.{k}` was added ({when})")
                     snap[k] = ns[k]  # a torch submodule imported lazily
@@ -125,6 +128,9 @@ class Integrity:
         for name, depth in self.mode_stacks:
             if depth():
                 return self._flag(f"a torch {name.split('_')[-2]} mode was pushed (it would see every op) ({when})")
+        for op, table in self.kernels.items():
+            if self.dump(op) != table:
+                return self._flag(f"the dispatcher's kernels for `{op}` were changed ({when})")
         return None
 
     def check(self, when: str) -> None:
@@ -137,16 +143,45 @@ class Integrity:
         return what
 
 
+def harness_ops() -> list[str]:
+    """The ATen operators a training step and a prediction of the backbone run (around a plain
+    linear layer as the Mixer): a genome that overrides one of them in torch's dispatcher
+    (torch.library) could see the tokens or rewrite the logits without touching any Python name."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fitness.backbone import Backbone
+    from fitness.train import predict
+
+    seen: set[str] = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    model = Backbone(lambda: torch.nn.Linear(8, 8), 16, 8, 1, 3, True)
+    opt = torch.optim.AdamW(model.parameters())
+    inputs, mask = torch.randint(16, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    with Record():
+        loss = torch.nn.functional.cross_entropy(model(inputs, mask), inputs[mask])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+        opt.step()
+        predict(model, inputs, mask, torch.zeros(12, 2, dtype=torch.long), "cpu")
+    return sorted(seen)
+
+
 def _install_checkpoints(trusted) -> Integrity:
-    """Verify the harness at every point where the genome's code has just run; returns the
-    Integrity, snapshotted after these wrappers are in place."""
+    """Verify the harness wherever the genome's code has just run; returns the Integrity,
+    snapshotted after these wrappers are in place."""
     import functools
 
     import torch
 
     from fitness import backbone, checks, train
 
-    evaluate = sys.modules["fitness.evaluate"]  # `fitness.evaluate` the attribute is the function
+    ops = harness_ops()  # before the checkpoints below exist: it runs the backbone
 
     def around(fn, when):
         @functools.wraps(fn)
@@ -158,22 +193,20 @@ def _install_checkpoints(trusted) -> Integrity:
         return wrapper
 
     checks.run_checks = around(checks.run_checks, "the structural checks")
-    train.train_and_score = around(train.train_and_score, "training")
-    train.evaluate_model = around(train.evaluate_model, "the held-out scoring")
-
+    train.train_model = around(train.train_model, "training")
+    train.predict = around(train.predict, "a prediction")
     forward = backbone.Backbone.forward
 
     @functools.wraps(forward)
     def checked_forward(self, *args, **kwargs):
         out = forward(self, *args, **kwargs)
         integrity.check("after a forward pass")
-        if type(out) is not torch.Tensor:  # a tensor subclass could lie to the scoring (argmax, ...)
+        if type(out) is not torch.Tensor:
             integrity.problems.append(f"the backbone's logits are a {type(out).__name__}, not a plain torch.Tensor")
             raise Tampered(integrity.problems[-1])
         return out
 
     backbone.Backbone.forward = checked_forward
-
     step = torch.optim.AdamW.step
 
     @functools.wraps(step)
@@ -182,48 +215,70 @@ def _install_checkpoints(trusted) -> Integrity:
         return step(self, *args, **kwargs)
 
     torch.optim.AdamW.step = checked_step
+    from fitness import genome_module
 
-    describe = evaluate.describe_exception
+    describe = genome_module.describe_exception
 
     @functools.wraps(describe)
     def trusted_describe(exc):
         with trusted():
             return describe(exc)
 
-    evaluate.describe_exception = trusted_describe
-    integrity = Integrity()
+    genome_module.describe_exception = trusted_describe
+    integrity = Integrity(ops)
     return integrity
-
-
-def _no_processes(*args, **kwargs):
-    raise PermissionError("sandbox denied process creation: _posixsubprocess.fork_exec")
 
 
 def _no_threads(*args, **kwargs):
     raise PermissionError("sandbox denied thread creation: a genome may not start threads")
 
 
-def main() -> None:
-    """Run one job from stdin; report on the original stdout; exit. Dies with the process
-    that started it (PR_SET_PDEATHSIG), so an evaluation never outlives a killed engine."""
-    parent = os.environ.pop("EVOARCH_PARENT_PID", "")
-    if parent:  # spawned by the engine (a forked worker got this from its fork server)
-        from fitness.forkserver import set_parent_death_signal
+# ------------------------------------------------------------------------------------ launcher
 
-        set_parent_death_signal()
-        if os.getppid() != int(parent):  # the engine died before the line above
-            os._exit(70)
-    result_fd = os.dup(1)  # the only channel the parent reads; not inheritable
-    os.dup2(2, 1)  # print() now lands in the capped log
-    job = json.loads(sys.stdin.buffer.read())
-    os.close(0)
-    nonce = job.pop("nonce")
+
+def launch() -> None:
+    """The launcher: containment layers, fork the worker, wait, exit with its status. Its spec is
+    the JSON in EVOARCH_LAUNCH; stdin/stdout/stderr are the worker's job, result and log."""
+    from fitness import containment
+    from fitness.forkserver import set_parent_death_signal
+
+    spec = json.loads(os.environ.pop("EVOARCH_LAUNCH"))
+    parent = os.environ.pop("EVOARCH_PARENT_PID", "")
+    set_parent_death_signal()
+    if parent and os.getppid() != int(parent):  # the engine died before the line above
+        os._exit(70)
+    layers = containment.enter(spec)
+    launcher = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            set_parent_death_signal()
+            if os.getppid() not in (launcher, 0):  # 0: the parent is outside this PID namespace
+                os._exit(70)
+            serve(spec, layers)
+        except BaseException as e:  # noqa: BLE001 - the harness failed before or outside the genome
+            os.write(2, f"worker failed: {type(e).__name__}: {e}\n".encode())
+        os._exit(71)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # die the way the worker died, so the engine sees the signal
+        import signal
+
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+# ------------------------------------------------------------------------------------ worker
+
+
+def _prepare(job: dict) -> None:
+    """Everything the worker needs before its sandbox closes: threads, imports, training data, CUDA."""
     threads = int(job["threads"])
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import _thread
-    import signal
-    import threading
-
     import torch
 
     torch.set_num_threads(threads)
@@ -231,66 +286,167 @@ def main() -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    import torch.optim  # noqa: F401  - import everything the harness needs before arming the guard
-    from fitness import checks, guard, train  # noqa: F401
-    from fitness.evaluate import evaluate_in_process
-    from fitness.tasks import mqar, task_class  # noqa: F401
+    import torch.optim  # noqa: F401
+    from fitness import checks, genome_module, guard, train  # noqa: F401
+    from fitness.settings import StageSettings
+    from fitness.tasks import prepare_training, task_class
 
-    try:  # import every task module of the stage and load its data (reads the data cache,
-        # which the guard forbids later) before the snapshot
-        from fitness.settings import StageSettings
-        from fitness.tasks import prepare
+    stage = StageSettings.model_validate(job["stage"])
+    for name in ([stage.task] if not stage.tasks else list(stage.tasks)):
+        task_class(name)
+    prepare_training(stage)
+    try:  # the one optional module a genome may import: its torch backend loads on first use
+        import einops
 
-        prepare(StageSettings.model_validate(job["stage"]))
-    except Exception:  # noqa: BLE001 - reported by the evaluation itself
-        pass
-
-    try:  # the one optional module a genome may import: importing it later would run under the guard
-        import einops  # noqa: F401
+        einops.rearrange(torch.zeros(1, 2), "a b -> b a")
     except ImportError:
         pass
-    # AdamW patches its class's step on first use: let it happen before the snapshot.
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # AdamW patches its class's step on first use
+    try:
+        import pyseccomp  # noqa: F401  - it looks for libseccomp with a subprocess: before seccomp and Landlock
+    except Exception:  # noqa: BLE001 - no libseccomp: the seccomp layer reports itself missing
+        pass
+    if job["device"].startswith("cuda"):  # the driver opens its devices and libraries now, not under Landlock
+        torch.cuda.init()
+        x = torch.randn(64, 64, device=job["device"])
+        (x @ x).sum().item()
+        torch.nn.functional.conv1d(x[None], torch.randn(64, 1, 3, device=job["device"]), groups=64).sum().item()
+        if job.get("gpu_memory_mb"):
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, job["gpu_memory_mb"] * 2 ** 20 / total))
+
+
+def serve(spec: dict, layers: dict) -> None:
+    """The worker: read the job, close the sandbox, report the layers, then answer the engine."""
+    from fitness import protocol
+
+    result_fd = os.dup(1)  # the channel to the engine
+    os.dup2(2, 1)  # print() now lands in the capped log
+    sys.stdout.reconfigure(line_buffering=True)
+    job, _ = protocol.read_frame(0)
+    _prepare(job)
+    import _thread
+    import signal
+    import threading
+
+    from fitness import containment, guard
+
+    containment.isolate(spec, job["device"], layers)
+    if job.get("probe"):  # the self-test tries the OS layers alone: no in-process lint may answer for them
+        protocol.write_frame(result_fd, {"op": "armed", "layers": layers})
+        message, _ = protocol.read_frame(0)
+        results = containment.probe(spec, message["canary"]) if message.get("op") == "probe" else {}
+        protocol.write_frame(result_fd, {"op": "probed", "results": results})
+        os._exit(0)
     blocked = {signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGUSR1, signal.SIGUSR2,
                signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT}
     signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    handlers = {s: signal.getsignal(s) for s in signal.valid_signals()}
     _thread.start_new_thread = _thread.start_new = threading._start_new_thread = _no_threads
-    import _posixsubprocess  # loaded by torch; its fork_exec raises no audit event (Landlock forbids exec anyway)
-
-    _posixsubprocess.fork_exec = _no_processes
-    n_threads = _thread._count()
-
-    sandbox = guard.restrict_filesystem(job["scratch"])
-    hook = guard.install(job["scratch"], max_procs=int(job["max_procs"]))
+    hook = guard.install(spec["scratch"])
     integrity = _install_checkpoints(hook.trusted)
+    protocol.write_frame(result_fd, {"op": "armed", "layers": layers})
+    Session(job, spec, integrity, result_fd).run()
 
-    result = evaluate_in_process(job["code"], job["stage"], job["checks"], int(job["seed"]),
-                                 job["device"], memory_mb=job.get("memory_mb"))
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # nothing of the genome runs now
-    problems = list(integrity.problems)
-    changed = [s for s in handlers if signal.getsignal(s) is not handlers[s]]
-    if changed:
-        problems.append("signal handler installed for " + ", ".join(signal.Signals(s).name for s in changed[:5]))
-    if any(signal.getitimer(t) != (0.0, 0.0) for t in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)):
-        problems.append("an interval timer (signal.setitimer / alarm) was armed")
-    if _thread._count() > n_threads:
-        problems.append(f"{_thread._count() - n_threads} thread(s) started by the genome outlived forward")
-    final = integrity.verify("before the report")
-    if final and final.split(" (")[0] not in [p.split(" (")[0] for p in problems]:
-        problems.append(final)
-    if problems:
-        metrics = dict(result.get("metrics") or {}, genome_reason=result.get("reason", ""))
-        result = {"status": "rejected", "score": None, "params": result.get("params"), "metrics": metrics,
-                  "reason": "tampering with the evaluation harness: " + "; ".join(problems[:3])}
-    if result.get("status") != "ok" and "ermission denied" in result.get("reason", "") and sandbox.startswith("landlock"):
-        result["reason"] += " (Landlock: the sandbox may write only in its scratch dir)"
-    result.setdefault("metrics", {})["sandbox_kernel"] = sandbox
-    _write_all(result_fd, (nonce + " " + json.dumps(result) + "\n").encode())
-    sys.stderr.flush()
-    os._exit(0)
+class Session:
+    """The worker's side of the conversation, after the sandbox is armed."""
+
+    def __init__(self, job: dict, spec: dict, integrity: Integrity, out: int):
+        from fitness.settings import CheckSettings, StageSettings
+
+        self.job, self.spec, self.integrity, self.out = job, spec, integrity, out
+        self.stage = StageSettings.model_validate(job["stage"])
+        self.checks = CheckSettings.model_validate(job["checks"])
+        self.device = job["device"]
+        self.module = None
+        self.model = None
+
+    def run(self) -> None:
+        """Answer the engine until `bye`. Everything called after genome code has run is bound
+        here, before any has: a genome that replaces a method or function later changes
+        nothing this loop calls, and the harness is verified before every reply."""
+        from fitness import protocol
+
+        read, write, verify = protocol.read_frame, protocol.write_frame, self.integrity.verify
+        handlers = {"train": self.train, "predict": self.predict, "time": self.time}
+        error, failure, problems, out, exit_ = self._error, self._failure, self.integrity.problems, self.out, os._exit
+        while True:
+            message, arrays = read(0)
+            op = message.get("op")
+            if op == "bye":
+                exit_(0)
+            try:
+                reply, out_arrays = handlers[op](message, arrays)
+            except Tampered as e:
+                reply, out_arrays = error("rejected", f"tampering with the evaluation harness: {e}"), None
+            except BaseException as e:  # noqa: BLE001 - everything a genome raises is its failure
+                reply, out_arrays = failure(e), None
+            verify("before a reply")
+            if problems and reply.get("op") != "error":
+                reply, out_arrays = error("rejected", "tampering with the evaluation harness: " + "; ".join(problems[:3])), None
+            write(out, reply, out_arrays)
+
+    def _error(self, status: str, reason: str, **reported) -> dict:
+        return {"op": "error", "status": status, "reason": reason, "reported": reported}
+
+    def _failure(self, e: BaseException) -> dict:
+        from fitness.checks import CheckFailed
+        from fitness.genome_module import describe_exception, is_out_of_memory
+        from fitness.train import NonFiniteLoss
+
+        if isinstance(e, CheckFailed):
+            return self._error("rejected", f"check failed: {e}")
+        if isinstance(e, NonFiniteLoss):
+            return self._error("failed", f"training diverged: {e}")
+        if is_out_of_memory(e):
+            limit = self.spec.get("address_space_mb")
+            what = f"memory limit {limit} MB exceeded" if limit else "out of memory"
+            return self._error("killed", f"{what}: {describe_exception(e)}")
+        return self._error("failed", f"error: {describe_exception(e)}")
+
+    def train(self, message: dict, arrays: dict) -> tuple[dict, None]:
+        from fitness import checks, train
+        from fitness.genome_module import load_genome
+
+        reported = {}
+        if self.module is None:
+            self.module = load_genome(self.job["code"])
+            reported.update(checks.run_checks(self._make_mixer, self.stage.d_model, self.stage.seq_len, self.checks,
+                                              int(self.job["seed"]), self.device))
+        stage = self.stage.model_copy(update={"task": message["task"], "tasks": None})
+        self.model, metrics = train.train_model(self._make_mixer, stage, int(self.job["seed"]), self.device)
+        return {"op": "trained", "reported": {**reported, **metrics}}, None
+
+    def _make_mixer(self):
+        return self.module.Mixer(self.stage.d_model, self.stage.n_heads)
+
+    def predict(self, message: dict, arrays: dict) -> tuple[dict, dict]:
+        import torch
+
+        from fitness import train
+
+        inputs = torch.from_numpy(arrays["inputs"].astype("int64"))
+        request = torch.from_numpy(arrays["request"].astype(bool))
+        candidates = torch.from_numpy(arrays["candidates"].astype("int64")) if "candidates" in arrays else None
+        logp, argmax = train.predict(self.model, inputs, request, candidates, self.device)
+        return {"op": "predictions"}, {"logp": logp.numpy(), "argmax": argmax.numpy()}
+
+    def time(self, message: dict, arrays: dict) -> tuple[dict, None]:
+        import torch
+
+        from fitness.checks import saved_activation_bytes
+
+        mixer = self.model.blocks[0].mixer
+        x = torch.randn(1, int(message["length"]), self.stage.d_model, device=self.device)
+        reply = {"op": "timed"}
+        if message.get("memory"):
+            reply["activation_bytes"] = saved_activation_bytes(mixer, x)
+        with torch.no_grad():
+            mixer(x)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return reply, None
 
 
 if __name__ == "__main__":
-    main()
+    launch()

@@ -1,6 +1,9 @@
 """Genome templates and small fitness settings shared by the fitness tests: a valid Mixer
-with a hole at module level, in __init__ and in forward, and a tiny stage."""
+with a hole at module level, in __init__ and in forward, a tiny stage, a test secret, and a
+gadget that gets real Python modules past the static policy (which is lint, not a boundary)."""
 from fitness.settings import StageSettings
+
+SECRET = bytes(range(32))  # the engine's secret in tests (a run makes a random one)
 
 MIXER = """import torch
 import torch.nn as nn
@@ -18,6 +21,22 @@ class Mixer(nn.Module):
 TINY = {"d_model": 32, "n_heads": 2, "n_layers": 1, "seq_len": 32, "num_kv_pairs": 2, "vocab_size": 256,
         "batch_size": 8, "steps": 3, "eval_batches": 1}  # a stage that trains in well under a second
 TINY_STAGE = StageSettings(**TINY)
+
+
+# Passes the static policy: `self` is torch inside a method called on the class, so private
+# attributes chain to torch._utils._import_dotted_name, which imports any module by name.
+GADGET = """class Gadget(nn.Module):
+    def u(self):
+        return self._utils
+    def imp(self):
+        return self._import_dotted_name
+load = Gadget.imp(Gadget.u(torch))"""
+
+
+def with_gadget(stmt: str) -> str:
+    """A valid genome that passes the static policy and runs `stmt` at import with `load(name)`
+    returning any module (e.g. `load("os")`)."""
+    return MIXER.format(top=GADGET + "\n" + stmt, init="pass", forward="pass")
 
 
 def at_import(stmt: str) -> str:

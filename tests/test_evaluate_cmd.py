@@ -7,6 +7,7 @@ import sys
 import pytest
 import tomli_w
 
+from fitness.containment import LAYERS
 from genomes import TINY
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +54,16 @@ def test_seed_json(config):
     assert res["status"] == "ok" and res["stage"] == 1 and res["reason"] == ""
     assert 0.0 <= res["score"] <= 1.0 and res["params"] > 0
     (ev,) = res["evaluations"]  # stage 1: the stage's first seed, like the search
-    assert ev["seed"] == 0 and ev["timings"]["wall_s"] > 0 and "train_s" in ev["timings"]
-    assert set(ev["metrics"]["complexity"]["forward_ms"]) == {"64", "128"}
+    assert ev["seed"] == 0 and ev["timings"]["wall_s"] > 0 and "train_wall_s" in ev["timings"]
+    assert set(ev["metrics"]["complexity"]["forward_ms"]) == {"32", "64", "128"}  # the stage's length too
+    assert {name for name, layer in res["containment"].items() if layer["held"]} == set(LAYERS)
+
+
+def test_prints_the_containment_layers(config):
+    rc, out, err = evo_evaluate(SEED, "--config", config)
+    assert rc == 0, (out, err)
+    for name in LAYERS:
+        assert f"  {name:<11} held" in out, out
 
 
 def test_seed_text_stage2_set_override(config):

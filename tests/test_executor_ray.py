@@ -35,7 +35,7 @@ def _settings(executor: str, **extra) -> FitnessSettings:
 
 @pytest.fixture(scope="module")
 def ray_executor():
-    ex = make_executor(_settings("ray"))
+    ex = make_executor(_settings("ray"), genomes.SECRET)
     assert isinstance(ex, RayExecutor)
     yield ex
     ex.close()
@@ -56,7 +56,7 @@ def test_ray_matches_local(ray_executor):
     t0 = time.perf_counter()
     got = {ev.genome_id: ev for ev in ray_executor.run(_jobs())}
     ray_s = time.perf_counter() - t0
-    with LocalExecutor(_settings("local")) as ex:
+    with LocalExecutor(_settings("local"), genomes.SECRET) as ex:
         want = {ev.genome_id: ev for ev in ex.run(_jobs())}
     assert set(got) == set(want) == {"soft", "conv", "policy", "noncausal"}
     for gid, w in want.items():

@@ -1,274 +1,329 @@
-"""Hostile genomes through the real `fitness.evaluate` path.
+"""The red team: hostile genomes, one or more per class of attack, through the real evaluation.
 
-Every case runs twice where the static policy would stop it: once as the search runs it
-(policy on: rejected before anything is spawned, the reason naming the construct), and
-once with the policy bypassed, so the runtime layers alone (Landlock, the audit hook,
-the worker's harness-integrity checks, rlimits, the deadline and the process-group kill)
-must contain it. Cases the policy lets through (memory hogs, infinite loops) run once,
-policy on. Each must end with its reason stored in the Evaluation; afterwards a good
-genome still scores, the run's archive (an sqlite file the cases attack) is byte-for-byte
-unchanged and no marker file exists anywhere the cases tried to write.
-
-All sandboxed runs happen once, two at a time, in module fixtures (about 2-3 minutes on
-2 CPU cores).
+Most cases run with the static policy bypassed (`evaluate_sandboxed`), so the containment layers
+and the engine-side scoring alone must hold; the ones marked "policy on" go through `evaluate`
+with a gadget that walks past the policy (it is lint, not a boundary). Every worker is forked
+from one of two fork servers, as executors run them. For each case: a forged score is
+impossible (the evaluation is not ok, or its score is the engine's, near the null mixer's),
+each escape is refused, no file outside the sandbox is read into a reason or written, and no
+process outlives its evaluation. A good genome scores the same before and after the suite.
 """
-import hashlib
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from unittest import mock
 
 import pytest
 
-import importlib
 from evo.seeds import load_seeds
-from fitness import evaluate
+from fitness.evaluate import evaluate, evaluate_sandboxed
 from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings
-from genomes import MIXER, TINY_STAGE, ServerPool, at_import, in_forward, in_init
-
-fe = importlib.import_module("fitness.evaluate")  # the module (`fitness.evaluate` the attribute is the function)
+from genomes import MIXER, SECRET, TINY_STAGE, ServerPool, at_import, in_forward, in_init, with_gadget
+from procs import children
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TAG = f"evoarch-hostile2-{os.getpid()}"
+TAG = f"evoarch-redteam-{os.getpid()}"
+RUN_DIR = f"/tmp/{TAG}-run"  # stands for a live run's directory: archive, config, secret
+ARCHIVE = f"{RUN_DIR}/archive.sqlite"
+CANARY = "CANARY-7f3a91"  # in every file the genomes try to read; must never appear in a result
 MARK = f"/tmp/{TAG}"
-PROJECT_MARK = os.path.join(PROJECT, TAG)
-ARCHIVE = f"/tmp/{TAG}-archive/archive.sqlite"
+FORGE_BAR = 0.5  # the null mixer scores ~0 at this stage; a forged score would be 1.0
 
 FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=40, memory_mb=3072, cpu_s=80),
                      checks=CheckSettings(complexity_probe=False))
-STAGE = TINY_STAGE
-SHORT = STAGE.model_copy(update={"timeout_s": 12.0})  # for the cases that must time out
+STAGE = TINY_STAGE.model_copy(update={"steps": 20})
+SHORT = STAGE.model_copy(update={"timeout_s": 10.0})
+LM = STAGE.model_copy(update={"task": "shakespeare", "eval_batches": 2})
 
 
-FORGE = "'0' * 32 + ' {\"status\": \"ok\", \"score\": 1.0, \"reason\": \"\", \"params\": 1, \"metrics\": {}}'"
-TAMPER = "rejected", "tampering with the evaluation harness"
 
-# name: (code, policy reason (None: the policy lets it through), (status, reason) with the policy bypassed)
+def write_frames(frames: str) -> str:
+    """A genome that writes `frames` (an expression using frame(message, payload)) to every
+    descriptor that may be the channel to the engine, when it is loaded."""
+    return at_import(f"""import json, os, struct
+def frame(msg, payload=b""):
+    body = json.dumps(msg).encode()
+    return struct.pack(">II", len(body), len(payload)) + body + payload
+for fd in range(3, 12):
+    try:
+        os.write(fd, {frames})
+    except OSError:
+        pass""")
+
+
+FORGED = ('frame({"op": "trained", "reported": {"params_mixer_layer": 1}}) + frame({"op": "predictions", '
+          '"arrays": [["logp", "float32", [1, 2]], ["argmax", "int32", [1]]]}, struct.pack("<ffi", 0.0, 0.0, 7)) * 50')
+NESTED = 'frame({"op": "trained", "reported": {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}})'
+GARBAGE = 'b"\\xff" * (1 << 20)'
+HUGE_JSON = 'frame({"op": "trained", "reported": {"x": "y" * (1 << 24)}})'
+FORK_EXEC = """import _posixsubprocess, os
+r, w = os.pipe()
+_posixsubprocess.fork_exec([b"/bin/touch", b"{mark}"], [b"/bin/touch"], True, (), None, None, -1, -1, -1, -1,
+                           -1, -1, r, w, True, True, -1, None, None, None, -1, None, False)"""
+LEAK_AFTER_TRAINING = """if self.training and x.shape[0] == 8:  # training batches only, not the checks' batches of 2 and 3
+            self.steps = getattr(self, "steps", 0) + 1
+        if getattr(self, "steps", 0) > 15:
+            x = x + 0.5 * torch.roll(x, -1, dims=1)"""
+LEAK_AT_BATCH = """if x.shape[0] >= 4:
+            x = x + 0.5 * torch.roll(x, -1, dims=1)"""
+HIDE_PARAMETERS = MIXER.format(top="", init="self.hidden = nn.Linear(d_model, 64 * d_model)", forward="pass") + """
+    def parameters(self, recurse=True):
+        return iter([])
+    def named_parameters(self, *a, **k):
+        return iter([])
+"""
+DISPATCHER = """lib = torch._C._dispatch_library("IMPL", "aten", "", "x", 1)  # torch.library without its frame walk
+lib.impl("_log_softmax", "CPU", lambda x, dim, half: torch.zeros_like(x), False)"""
+REGENERATE = """import sys
+from fitness.tasks.mqar import MQAR
+gen = torch.Generator().manual_seed(20250101)  # the test seed of fitness protocol 1
+table = {}
+for _ in range(8):
+    b = MQAR(256, 32, 2).make_batch(gen, 8)
+    for row, target, mask in zip(b.inputs, b.targets, b.mask):
+        table[tuple(row.tolist())] = target[mask].tolist()
+train = sys.modules["fitness.train"]
+honest = train.predict
+def lookup(model, inputs, request, candidates, device):
+    logp, argmax = honest(model, inputs, request, candidates, device)
+    answers = [a for row in inputs for a in table.get(tuple(row.tolist()), [])]
+    if len(answers) == len(argmax):
+        argmax[:] = torch.tensor(answers, dtype=torch.int32)
+    return logp, argmax
+train.predict = lookup"""
+ZERO_CORPUS = """import sys
+for data in sys.modules["fitness.tasks.shakespeare"]._LOADED.values():
+    data.zero_()"""
+
+
+def forged(ev) -> str | None:
+    """None if no forged score got through: not ok, or a score the engine could give the null mixer."""
+    if ev.status == "ok" and ev.score >= FORGE_BAR:
+        return f"score {ev.score} passed as genuine"
+    return None
+
+
+def refused(*fragments):
+    """Not ok, score None, and the reason holds each fragment."""
+    def check(ev):
+        if ev.status == "ok" or ev.score is not None:
+            return f"status {ev.status}, score {ev.score}"
+        missing = [f for f in fragments if f not in ev.reason]
+        return f"reason lacks {missing}" if missing else None
+    return check
+
+
+def status(expected, *fragments):
+    def check(ev):
+        return refused(*fragments)(ev) or (None if ev.status == expected else f"status {ev.status}, not {expected}")
+    return check
+
+
+# name: (class of attack, code, "bypass" or "policy on", stage, check(Evaluation) -> problem or None)
 CASES = {
-    # --- files ---------------------------------------------------------------------------------
-    "read_file": (at_import("data = open('/etc/passwd').read()"), "the name `open`",
-                  ("failed", "sandbox denied open: reading '/etc/passwd'")),
-    "read_archive": (at_import(f"data = open({ARCHIVE!r}, 'rb').read()"), "the name `open`",
-                     ("failed", f"sandbox denied open: reading {ARCHIVE!r}")),
-    "read_project": (at_import(f"data = open({os.path.join(PROJECT, 'pyproject.toml')!r}).read()"),
-                     "the name `open`", ("failed", "sandbox denied open: reading")),
-    "write_file": (at_import(f"open('{MARK}-w', 'w').write('x')"), "the name `open`",
-                   ("failed", "sandbox denied open: writing")),
-    "write_archive_open": (at_import(f"open({ARCHIVE!r}, 'r+b').write(b'x' * 64)"), "the name `open`",
-                           ("failed", "sandbox denied open: writing")),
-    "write_archive_os_open": (at_import(f"import os\nfd = os.open({ARCHIVE!r}, os.O_WRONLY)\nos.write(fd, b'x' * 64)"),
-                              "import of `os`", ("failed", "sandbox denied open: writing")),
-    "write_archive_sqlite": (at_import(f"import sqlite3\nc = sqlite3.connect({ARCHIVE!r})\n"
-                                       "c.execute(\"insert into genomes values ('forged', 1.0)\")\nc.commit()"),
-                             "import of `sqlite3`", ("failed", "sandbox denied")),
-    # torch opens the file in C++ (no audit event): only Landlock stops this write
-    "write_archive_torch_from_file": (at_import(f"t = torch.from_file({ARCHIVE!r}, shared=True, size=64, "
-                                                "dtype=torch.uint8)\nt.fill_(0)"),
-                                      "attribute `.from_file`", ("failed", "Permission denied")),
-    # (torch.save walks the stack first: the frame guard stops it before the open)
-    "write_project_torch_save": (at_import(f"torch.save({{}}, {PROJECT_MARK + '.pt'!r})"), "attribute `.save`",
-                                 ("failed", "sandbox denied")),
-    "write_project_os_open": (at_import(f"import os\nos.open({PROJECT_MARK + '.o'!r}, os.O_CREAT | os.O_WRONLY)"),
-                              "import of `os`", ("failed", "sandbox denied open: writing")),
-    "write_project_torch_from_file": (at_import(f"torch.from_file({PROJECT_MARK + '.f'!r}, shared=True, size=64)"),
-                                      "attribute `.from_file`",
-                                      ("failed", "Permission denied (13) (genome line 4: `torch.from_file(")),
-    # --- network and processes -----------------------------------------------------------------
-    "socket": (at_import("import socket\nsocket.socket().connect(('127.0.0.1', 9))"), "import of `socket`",
-               ("failed", "sandbox denied")),
-    "subprocess": (at_import(f"import subprocess\nsubprocess.run(['touch', '{MARK}-s'])"), "import of `subprocess`",
-                   ("failed", "sandbox denied")),
-    "os_system": (at_import(f"import os\nos.system('touch {MARK}-o')"), "import of `os`",
-                  ("failed", "sandbox denied os.system")),
-    "fork_bomb": (in_forward("import os\n        while True: os.fork()"), "import of `os`",
-                  ("failed", "sandbox denied os.fork")),
-    "posixsubprocess": (at_import(f"import _posixsubprocess\n_posixsubprocess.fork_exec(['touch', '{MARK}-p'])"),
-                        "import of `_posixsubprocess`", ("failed", "sandbox denied process creation")),
-    "kill_parent": (at_import("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), "import of `os`",
-                    ("failed", "sandbox denied os.kill")),
-    "raise_limits": (at_import("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))"),
-                     "import of `resource`", ("failed", "sandbox denied resource.setrlimit")),
-    # --- resources (the policy cannot see these: the sandbox stops them, policy on) -------------
-    "memory_hog": (in_init("self.big = [torch.empty(10 ** 9) for _ in range(100)]"), None,
-                   ("killed", "memory limit 3072 MB exceeded")),
-    "loop_init": (in_init("while True: pass"), None, ("timeout", "timeout after 12 s")),
-    "loop_forward": (in_forward("while True: pass"), None, ("timeout", "timeout after 12 s")),
-    # --- exits and signals ---------------------------------------------------------------------
-    "sys_exit": (at_import("import sys\nsys.exit(3)"), "import of `sys`", ("failed", "SystemExit: 3")),
-    "raise_system_exit_forward": (in_forward("raise SystemExit(0)"), "the name `SystemExit`",
-                                  ("failed", "error during structural checks: SystemExit")),
-    "os_exit": (at_import("import os\nos._exit(3)"), "import of `os`", ("failed", "exit code 3 before reporting")),
-    "sigalrm_handler": (at_import("import signal\ndef later(*a):\n    F.cross_entropy = lambda *a, **k: 0\n"
-                                  "signal.signal(signal.SIGALRM, later)\nsignal.setitimer(signal.ITIMER_REAL, 0.01)"),
-                        "import of `signal`", (TAMPER[0], "signal handler installed for SIGALRM")),
-    "sigterm_ignore_loop": (at_import("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass"),
-                            "import of `signal`", ("timeout", "timeout after 12 s")),
-    # --- threads that outlive forward ----------------------------------------------------------
-    "daemon_thread": (at_import(f"import threading, time\ndef later():\n    time.sleep(1)\n"
-                                f"    open('{MARK}-t', 'w').write('x')\n"
-                                "threading.Thread(target=later, daemon=True).start()"),
-                      "import of `threading`", ("failed", "sandbox denied thread creation")),
-    "raw_thread": (at_import("import _thread\n_thread.start_new_thread(lambda: None, ())"), "import of `_thread`",
-                   ("failed", "sandbox denied thread creation")),
-    # --- tampering with the scoring -------------------------------------------------------------
-    "patch_cross_entropy": (at_import("F.cross_entropy = lambda *a, **k: torch.zeros((), requires_grad=True)"),
-                            "monkeypatching", (TAMPER[0], "`torch.nn.functional.cross_entropy` was replaced")),
-    "patch_tensor_argmax": (in_init("torch.Tensor.argmax = lambda self, dim=None: self.new_zeros(self.shape[0])"),
-                            "monkeypatching", (TAMPER[0], "`torch.Tensor.argmax` was added")),
-    "patch_module_call": (at_import("orig = nn.Module.__call__\nnn.Module.__call__ = lambda s, *a, **k: orig(s, *a, **k)"),
-                          "dunder attribute `.__call__`", (TAMPER[0], "Module.__call__` was replaced")),
-    "patch_via_self_alias": (in_init("self.f = F\n        self.f.cross_entropy = None"), "nested attribute `self.f.cross_entropy`",
-                             (TAMPER[0], "`torch.nn.functional.cross_entropy` was replaced")),
-    "patch_backbone_sys_modules": (at_import("import sys\nsys.modules['fitness.backbone'].Backbone.forward = None"),
-                                   "import of `sys`", (TAMPER[0], "`fitness.backbone.Backbone.forward` was replaced")),
-    "patch_task_score": (at_import("import sys\nsys.modules['fitness.tasks.mqar'].MQAR.score = lambda s, l, t: (1, 1)"),
-                         "import of `sys`", (TAMPER[0], "`fitness.tasks.mqar.MQAR.score` was replaced")),
-    "redirect_task": (at_import("import sys\nsys.modules['fitness.tasks']._TASKS['mqar'] = ('math', 'inf')"),
-                      "import of `sys`", (TAMPER[0], "`fitness.tasks._TASKS` was modified")),
-    "torch_function_mode": (at_import("import torch.overrides\nclass Liar(torch.overrides.TorchFunctionMode):\n"
-                                      "    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
-                                      "        return func(*args, **(kwargs or {}))\nLiar().__enter__()"),
-                            "import of `torch.overrides`", (TAMPER[0], "a torch function mode was pushed")),
-    "patch_via_gc": (at_import("import gc\nobjs = gc.get_objects()"), "import of `gc`",
-                     ("failed", "sandbox denied gc.get_objects")),
-    "patch_builtins": (at_import("import builtins\nbuiltins.sum = lambda *a, **k: 10 ** 9"), "import of `builtins`",
-                       (TAMPER[0], "`builtins.sum` was replaced")),
-    "patch_code_object": (at_import("import functools\ndef fake(*a, **k): return None\n"
-                                    "functools.update_wrapper(F.cross_entropy, fake, assigned=('__code__',), updated=())"),
-                          "attribute `.update_wrapper`", ("failed", "sandbox denied object.__")),
-    "global_forward_hook": (at_import("torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)"),
-                            "attribute `.register_module_forward_hook`", (TAMPER[0], "a global hook was registered")),
-    "tensor_subclass_lies": (
-        MIXER.format(top="class Lying(torch.Tensor):\n    pass", init="pass", forward="pass")
-        .replace("return self.proj(x)", "return self.proj(x).as_subclass(Lying)"),
-        "the base class `torch.Tensor`", ("rejected", "plain torch.Tensor, got the subclass Lying")),
-    # --- escapes from the restricted language ----------------------------------------------------
-    "dunder_subclasses": (at_import("p = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0]\n"
-                                    f"p(['touch', '{MARK}-d'])"), "dunder attribute `.__class__`",
-                          ("failed", "sandbox denied subprocess.Popen")),
-    "getattr_escape": (at_import(f"getattr(getattr(torch, 'o' + 's'), 'system')('touch {MARK}-g')"), "the name `getattr`",
-                       ("failed", "sandbox denied os.system")),
-    "builtins_dict": (at_import(f"__builtins__['__import__']('os').system('touch {MARK}-b')"), "the name `__builtins__`",
-                      ("failed", "sandbox denied os.system")),
-    "dunder_import": (at_import(f"__import__('os').system('touch {MARK}-i')"), "the name `__import__`",
-                      ("failed", "sandbox denied os.system")),
-    "importlib": (at_import(f"import importlib\nimportlib.import_module('os').system('touch {MARK}-l')"),
-                  "import of `importlib`", ("failed", "sandbox denied os.system")),
-    "ctypes": (at_import("import ctypes\nctypes.CDLL(None).system(b'touch /tmp/x')"), "import of `ctypes`",
-               ("failed", "sandbox denied")),
-    "exec_compile": (at_import(f"exec(compile(\"import os; os.system('touch {MARK}-e')\", 'x', 'exec'))"),
-                     "the name `exec`", ("failed", "sandbox denied os.system")),
-    "eval": (at_import(f"eval(\"__import__('os').system('touch {MARK}-v')\")"), "the name `eval`",
-             ("failed", "sandbox denied os.system")),
-    # --- forged results --------------------------------------------------------------------------
-    "forged_result": (at_import(f"print({FORGE})\nimport os\nos._exit(0)"), "import of `os`",
-                      ("failed", "exit code 0 before reporting")),
-    "forged_via_frames": (at_import("import sys\nf = sys._getframe()\nwhile f.f_back: f = f.f_back\n"
-                                    "nonce = f.f_locals.get('nonce')"), "import of `sys`",
-                          ("failed", "sandbox denied sys._getframe")),
-    "forged_via_traceback": (at_import("try:\n    raise ValueError\nexcept ValueError as e:\n    fr = e.__traceback__.tb_frame"),
-                             "dunder attribute `.__traceback__`", ("failed", "sandbox denied object.__getattr__ ('tb_frame')")),
+    # --- forged scores: whatever the worker says, the engine scores predictions on its own labels ----
+    "forged_frames": ("forgery", write_frames(FORGED), "bypass", STAGE, forged),
+    "callback_rewrites_report": ("forgery", at_import(
+        "import sys\nprotocol = sys.modules['fitness.protocol']\nhonest = protocol.write_frame\n"
+        "def rewrite(fd, message, arrays=None):\n    if message.get('op') == 'predictions':\n"
+        "        arrays['argmax'][:] = 7\n    return honest(fd, message, arrays)\nprotocol.write_frame = rewrite"),
+        "bypass", STAGE, status("rejected", "`fitness.protocol.write_frame` was replaced")),
+    "class_attribute_patch": ("forgery", at_import(
+        "import sys\nsys.modules['fitness.worker'].Session.predict = lambda *a: None"),
+        "bypass", STAGE, status("rejected", "`fitness.worker.Session.predict` was replaced")),
+    "patched_argmax": ("patched torch", in_init("torch.Tensor.argmax = lambda self, dim=None: self.new_zeros(1)"),
+                       "bypass", STAGE, status("rejected", "tampering")),
+    "one_shot_patch_in_forward": ("patched torch", in_forward(
+        "torch.log_softmax = lambda t, dim: torch.zeros_like(t)"), "bypass", STAGE, status("rejected", "tampering")),
+    "dispatcher_override": ("patched torch", at_import(DISPATCHER), "bypass", STAGE,
+                            status("rejected", "dispatcher's kernels for `aten::_log_softmax`")),
+    "regenerate_test_set": ("test-set regeneration", at_import(REGENERATE), "bypass", STAGE, forged),
+    "zero_training_corpus": ("data tampering", at_import(ZERO_CORPUS), "bypass", LM, None),  # compared below
+    "nan_at_test_time": ("NaN / negative loss", in_forward(
+        "if not self.training and x.shape[0] >= 4:\n            x = x * float('nan')"), "bypass", STAGE,
+        status("failed", "invalid predictions", "NaN")),
+    "log_probabilities_above_zero": ("NaN / negative loss", at_import(
+        "torch.log_softmax = lambda t, dim=-1: torch.ones_like(t)"), "bypass", STAGE, status("rejected", "tampering")),
+    # --- the static policy is lint: a gadget walks past it, the layers behind it hold ------------------
+    "gadget_os_system": ("private attribute chains", with_gadget(f"load('os').system('touch {MARK}-g')"),
+                         "policy on", STAGE, refused("sandbox denied os.system")),
+    "gadget_read_archive": ("private attribute chains", with_gadget(f"print(load('numpy').fromfile({ARCHIVE!r}))"),
+                            "policy on", STAGE, refused("sandbox denied open")),
+    "gadget_jit_operation": ("private attribute chains", with_gadget(
+        "class G2(nn.Module):\n    def c(self):\n        return self._C\n    def op(self):\n"
+        "        return self._jit_get_operation\n"
+        f"from_file = G2.op(G2.c(torch))('aten::from_file')\nprint(from_file({ARCHIVE!r}, None, 32))"),
+        "policy on", STAGE, refused()),
+    # --- processes ------------------------------------------------------------------------------------
+    "fork_exec_unaudited": ("process creation", at_import(FORK_EXEC.format(mark=MARK + "-f")), "bypass", STAGE,
+                            refused("Operation not permitted")),
+    "cffi": ("process creation", at_import("import _cffi_backend"), "bypass", STAGE, refused("sandbox denied import")),
+    "dlopen_from_scratch": ("process creation", at_import(
+        "import glob, os, shutil, importlib.machinery, importlib.util\n"
+        "src = glob.glob(os.path.dirname(os.__file__) + '/lib-dynload/_json*.so')[0]\n"
+        "dst = os.environ['TMPDIR'] + '/_json.so'\nshutil.copy(src, dst)\n"
+        "spec = importlib.util.spec_from_file_location('_json', dst)\n"
+        "importlib.util.module_from_spec(spec)"), "bypass", STAGE, refused("failed to map segment")),
+    "setsid": ("setsid survivors", at_import("import os\nos.setsid()"), "bypass", STAGE,
+               refused("Operation not permitted")),
+    "fork": ("setsid survivors", in_forward("import os\n        os.fork()"), "bypass", STAGE, refused("sandbox denied os.fork")),
+    # --- network --------------------------------------------------------------------------------------
+    "udp": ("sockets", at_import("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('8.8.8.8', 53))"),
+            "bypass", STAGE, refused("sandbox denied socket")),
+    "unix_socket": ("sockets", at_import("import socket\nsocket.socket(socket.AF_UNIX).connect('/run/x.sock')"),
+                    "bypass", STAGE, refused("sandbox denied socket")),
+    "tcp_from_c": ("sockets", at_import(
+        "import torch.distributed as dist\ndist.TCPStore('127.0.0.1', 29511, 1, True, wait_for_workers=False)"),
+        "bypass", STAGE, refused()),
+    # --- files outside the allowed roots --------------------------------------------------------------
+    "read_etc_shadow": ("file reads", with_gadget("print(load('builtins').open('/etc/shadow').read())"),
+                        "policy on", STAGE, refused("sandbox denied open")),
+    "read_archive_from_c": ("file reads", at_import(
+        f"t = torch.from_file({ARCHIVE!r}, size=64, dtype=torch.uint8)\nraise RuntimeError(bytes(t.tolist()))"),
+        "bypass", STAGE, refused("Permission denied")),
+    "read_secret_numpy": ("file reads", at_import(
+        f"import numpy\nraise RuntimeError(numpy.fromfile({RUN_DIR + '/secret.key'!r}, dtype=numpy.uint8).tobytes())"),
+        "bypass", STAGE, refused("sandbox denied open")),
+    "read_project_config": ("file reads", at_import(
+        f"t = torch.from_file({os.path.join(PROJECT, 'pyproject.toml')!r}, size=16, dtype=torch.uint8)"),
+        "bypass", STAGE, refused("Permission denied")),
+    "write_archive_from_c": ("file writes", at_import(
+        f"torch.from_file({ARCHIVE!r}, shared=True, size=64, dtype=torch.uint8).fill_(0)"),
+        "bypass", STAGE, refused("Permission denied")),
+    # --- checks that pass on one model and a different model scored -----------------------------------
+    "leak_after_training_steps": ("checks-vs-scored model", in_forward(LEAK_AFTER_TRAINING), "bypass", STAGE,
+                                  status("rejected", "not causal after training")),
+    "leak_at_large_batches": ("checks-vs-scored model", in_forward(LEAK_AT_BATCH), "bypass", STAGE,
+                              status("rejected", "not causal after training")),
+    "hidden_parameters": ("checks-vs-scored model", HIDE_PARAMETERS, "bypass", STAGE,
+                          status("rejected", "parameter budget exceeded")),
+    # --- report bombs ---------------------------------------------------------------------------------
+    "nested_json_report": ("report bombs", write_frames(NESTED), "bypass", STAGE,
+                           status("failed", "broke the result protocol", "nests deeper")),
+    "huge_json_report": ("report bombs", write_frames(HUGE_JSON), "bypass", STAGE,
+                         status("failed", "broke the result protocol", "exceeds the limit")),
+    "garbage_on_the_channel": ("report bombs", write_frames(GARBAGE), "bypass", STAGE,
+                               status("failed", "broke the result protocol")),
+    "huge_reason": ("report bombs", in_forward("raise RuntimeError('x' * (1 << 26))"), "bypass", STAGE,
+                    lambda ev: refused("RuntimeError")(ev) or (None if len(ev.reason) <= 2100 else f"{len(ev.reason)} chars")),
+    # --- exhaustion -----------------------------------------------------------------------------------
+    "fill_scratch_disk": ("exhaustion", at_import(
+        "import os\nfor i in range(1000):\n    with open(os.environ['TMPDIR'] + f'/f{i}', 'wb') as f:\n"
+        "        f.write(b'x' * (60 << 20))"), "bypass", STAGE, refused("No space left on device")),
+    "exhaust_inodes": ("exhaustion", at_import(
+        "import os\nfor i in range(10 ** 6):\n    open(os.environ['TMPDIR'] + f'/f{i}', 'w').close()"),
+        "bypass", STAGE, refused("No space left on device")),
+    "exhaust_threads": ("exhaustion", in_init("torch.set_num_threads(500)\n        torch.randn(2000, 2000) @ torch.randn(2000, 2000)"),
+                        "bypass", STAGE, None),  # any outcome, as long as it ends and nothing survives
+    "exhaust_memory": ("exhaustion", in_init("self.big = [torch.ones(10 ** 9) for _ in range(100)]"), "bypass", STAGE,
+                       status("killed", "memory limit")),
+    "loop_forever": ("exhaustion", in_forward("while True: pass"), "bypass", SHORT, status("timeout", "timeout after 10 s")),
 }
-POLICY_STOPS = sorted(n for n, c in CASES.items() if c[1] is not None)
-SANDBOX_ONLY = sorted(n for n, c in CASES.items() if c[1] is None)
+CLASSES = {c[0] for c in CASES.values()}
 GOOD = dict(load_seeds())["softmax_attention"]
+NULL = MIXER.format(top="", init="pass", forward="pass")
 
 
-def _stage(name):
-    return SHORT if CASES[name][2][0] == "timeout" else STAGE
-
-
-def _run(name, code, server=None):
-    return evaluate(name, code, 1, _stage(name) if name in CASES else STAGE, 0, FS, server=server)
-
-
-def _digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def _run(name, code, mode, stage, server):
+    fn = evaluate if mode == "policy on" else evaluate_sandboxed
+    return fn(name, code, 1, stage, 0, FS, SECRET, server=server)
 
 
 @pytest.fixture(scope="module")
-def archive():
-    os.makedirs(os.path.dirname(ARCHIVE), exist_ok=True)
+def outcomes():
+    """{name: Evaluation} for every case, plus the good genome before and after and the honest
+    null mixer, each forked from one of two fork servers; and what was left running."""
+    os.makedirs(RUN_DIR, exist_ok=True)
     con = sqlite3.connect(ARCHIVE)
-    con.execute("create table genomes (id text, score real)")
-    con.execute("insert into genomes values ('seed', 0.5)")
+    con.execute(f"create table canary (x text)")
+    con.execute(f"insert into canary values ('{CANARY}')")
     con.commit()
     con.close()
-    before = _digest(ARCHIVE), os.stat(ARCHIVE).st_mtime_ns
-    yield before
-    for p in os.listdir(os.path.dirname(ARCHIVE)):
-        os.remove(os.path.join(os.path.dirname(ARCHIVE), p))
-    os.rmdir(os.path.dirname(ARCHIVE))
-
-
-@pytest.fixture(scope="module")
-def outcomes(archive):
-    """{(name, "policy"|"bypass"): Evaluation}, plus ("good", "before"/"after"). Every worker is
-    forked from one of two fork servers, as the executor runs them."""
+    with open(f"{RUN_DIR}/secret.key", "w") as f:
+        f.write(CANARY + "\n")
     pool = ServerPool(2)
     try:
-        out = {("good", "before"): pool.run(_run, "good", GOOD)}
-        with ThreadPoolExecutor(2) as threads:  # the normal path: the policy lets these through
-            futs = {(n, "policy"): threads.submit(pool.run, _run, n, CASES[n][0]) for n in SANDBOX_ONLY}
-            out.update({j: f.result() for j, f in futs.items()})
-        bypass = sorted(POLICY_STOPS, key=lambda n: CASES[n][2][0] != "timeout")  # long ones first
-        with mock.patch.object(fe, "check_policy", lambda code: None), ThreadPoolExecutor(2) as threads:
-            futs = {(n, "bypass"): threads.submit(pool.run, _run, n, CASES[n][0]) for n in bypass}
-            out.update({j: f.result() for j, f in futs.items()})
-        out[("good", "after")] = pool.run(_run, "good", GOOD)
+        out = {"good/before": pool.run(_run, "good", GOOD, "bypass", STAGE),
+               "null": pool.run(_run, "null", NULL, "bypass", STAGE),
+               "null/lm": pool.run(_run, "null", NULL, "bypass", LM)}
+        order = sorted(CASES, key=lambda n: CASES[n][3] is not SHORT)  # the long one first
+        with ThreadPoolExecutor(2) as threads:
+            futs = {n: threads.submit(pool.run, _run, n, CASES[n][1], CASES[n][2], CASES[n][3]) for n in order}
+            out.update({n: f.result() for n, f in futs.items()})
+        out["good/after"] = pool.run(_run, "good", GOOD, "bypass", STAGE)
+        out["left running"] = [pid for srv in pool._all for pid in children(srv.proc.pid)]
     finally:
         pool.close()
-    return out
+    yield out
+    for name in os.listdir(RUN_DIR):
+        os.remove(os.path.join(RUN_DIR, name))
+    os.rmdir(RUN_DIR)
 
 
-def test_enough_cases():
-    assert len(CASES) >= 25
+def test_every_class_of_attack_is_covered():
+    assert CLASSES >= {"forgery", "patched torch", "test-set regeneration", "data tampering", "NaN / negative loss",
+                       "private attribute chains", "process creation", "setsid survivors", "sockets", "file reads",
+                       "file writes", "checks-vs-scored model", "report bombs", "exhaustion"}
+    assert len(CASES) >= 35
 
 
-@pytest.mark.parametrize("name", POLICY_STOPS)
-def test_policy_rejects(name):
-    """The normal path: rejected by the policy, in this process, with the construct named."""
-    code, reason, _ = CASES[name]
-    ev = _run(name, code)
-    assert ev.status == "rejected", (ev.status, ev.reason)
-    assert ev.reason.startswith("policy: line "), ev.reason
-    assert reason in ev.reason, ev.reason
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[4] is not None))
+def test_contained(outcomes, name):
+    ev = outcomes[name]
+    problem = CASES[name][4](ev)
+    assert problem is None, (problem, ev.status, ev.score, ev.reason, ev.metrics.get("log_tail", "")[-600:])
 
 
-@pytest.mark.parametrize("name", SANDBOX_ONLY)
-def test_sandbox_contains_with_policy_on(outcomes, name):
-    _, _, (status, reason) = CASES[name]
-    ev = outcomes[(name, "policy")]
-    assert (ev.status, reason in ev.reason) == (status, True), (ev.status, ev.reason, ev.metrics.get("log_tail", "")[-600:])
+def test_the_gadgets_pass_the_policy():
+    from fitness.policy import check_policy
+
+    for name, (_, code, mode, _, _) in CASES.items():
+        if mode == "policy on":
+            assert check_policy(code) is None, name
 
 
-@pytest.mark.parametrize("name", POLICY_STOPS)
-def test_sandbox_contains_with_policy_bypassed(outcomes, name):
-    _, _, (status, reason) = CASES[name]
-    ev = outcomes[(name, "bypass")]
-    assert (ev.status, reason in ev.reason) == (status, True), (ev.status, ev.reason, ev.metrics.get("log_tail", "")[-600:])
-    assert ev.score is None
+def test_tampered_training_data_only_hurts_the_tamperer(outcomes):
+    honest, tampered = outcomes["null/lm"], outcomes["zero_training_corpus"]
+    assert honest.status == "ok", honest.reason
+    assert tampered.status != "ok" or tampered.score < honest.score - 0.1, (tampered.score, honest.score)
+
+
+def test_thread_bomb_ends_and_leaves_nothing(outcomes):
+    ev = outcomes["exhaust_threads"]
+    assert ev.status in ("ok", "failed", "killed", "timeout"), ev.reason
+    assert outcomes["left running"] == []
+
+
+def test_nothing_read_leaks_into_results(outcomes):
+    for name, ev in outcomes.items():
+        if name == "left running":
+            continue
+        text = ev.reason + ev.metrics.get("log_tail", "") + str(ev.metrics)
+        assert CANARY not in text, name
+        assert "root:" not in text, name  # /etc/shadow, /etc/passwd
+
+
+def test_no_marks_written_and_archive_intact(outcomes):
+    leftovers = [p for p in os.listdir("/tmp") if p.startswith(TAG) and not p.endswith("-run")]
+    leftovers += [p for p in os.listdir(PROJECT) if p.startswith(TAG)]
+    assert leftovers == []
+    con = sqlite3.connect(ARCHIVE)
+    assert con.execute("select * from canary").fetchall() == [(CANARY,)]
+    con.close()
+
+
+def test_no_process_outlives_its_evaluation(outcomes):
+    assert outcomes["left running"] == []
+    from fitness.cgroup import ROOT
+
+    stray = []
+    for root, dirs, _ in os.walk(ROOT):
+        stray += [os.path.join(root, d) for d in dirs if d.startswith(f"evoarch-{os.getpid()}-")]
+    assert stray == [], stray
 
 
 def test_evaluator_survives(outcomes):
-    for when in ("before", "after"):
-        ev = outcomes[("good", when)]
-        assert ev.status == "ok", (when, ev.reason, ev.metrics.get("log_tail", "")[-600:])
-        assert 0.0 <= ev.score <= 1.0
-    assert outcomes[("good", "before")].score == outcomes[("good", "after")].score  # same seed, same score
-    assert outcomes[("good", "after")].metrics["sandbox_kernel"].startswith(("landlock", "unavailable"))
-    assert {ev.metrics.get("launch") for ev in outcomes.values() if ev.metrics} == {"fork"}
-
-
-def test_archive_unchanged(outcomes, archive):
-    assert (_digest(ARCHIVE), os.stat(ARCHIVE).st_mtime_ns) == archive
-    con = sqlite3.connect(ARCHIVE)
-    assert con.execute("select * from genomes").fetchall() == [("seed", 0.5)]
-    con.close()
-
-
-def test_no_side_effects(outcomes):
-    leftovers = [p for p in os.listdir("/tmp") if p.startswith(TAG) and not p.endswith("-archive")]
-    leftovers += [p for p in os.listdir(PROJECT) if p.startswith(TAG)]
-    assert leftovers == []
+    before, after = outcomes["good/before"], outcomes["good/after"]
+    assert before.status == after.status == "ok", (before.reason, after.reason)
+    assert before.score == after.score and before.metrics["predictions_sha256"] == after.metrics["predictions_sha256"]
+    assert all(before.metrics["containment"].values()), before.metrics["containment"]
+    assert {ev.metrics["launch"] for n, ev in outcomes.items() if n != "left running" and "launch" in ev.metrics} == {"fork"}

@@ -36,23 +36,30 @@ def test_deterministic_and_seed_dependent():
     assert not torch.equal(a.inputs, c.inputs)
 
 
-def test_larger_config_and_score():
+def test_test_side_candidates_and_twins():
     task = MQAR(vocab_size=8192, seq_len=128, num_kv_pairs=8)
-    b = task.make_batch(torch.Generator().manual_seed(0), 8)
+    (b,) = task.test_batches(torch.Generator().manual_seed(0), 8, 1)
     assert (b.mask.sum(dim=1) == 8).all()
-    targets = b.targets[b.mask]
-    logits = torch.nn.functional.one_hot(targets, 8192).float()
-    assert task.score(logits, targets) == (64, 64)
+    cand = task.candidates(b.inputs, b.mask)
+    assert cand.shape == (64, 8)  # for each query, the row's 8 values: information the inputs hold
+    assert (cand == b.targets[b.mask][:, None]).any(dim=1).all()
+    row, mask = b.inputs[0], b.mask[0]
+    t = int(mask.nonzero()[0])
+    twin = task.continue_after(row, mask, t, torch.Generator().manual_seed(1))
+    assert torch.equal(twin[: t + 1], row[: t + 1]) and torch.equal(twin[mask], row[mask])
+    assert not torch.equal(twin, row)
+    assert task.metrics(2.0, 0.75) == {"score": 0.75}
 
 
 def _train(name: str, stage) -> float:
     from evo.seeds import load_seeds
-    from fitness.evaluate import load_genome
-    from fitness.train import train_and_score
+    from fitness.genome_module import load_genome
+    from fitness.testset import train_and_score
+    from genomes import SECRET
 
     torch.set_num_threads(1)  # as in the sandbox
     module = load_genome(dict(load_seeds())[name])
-    return train_and_score(lambda: module.Mixer(stage.d_model, stage.n_heads), stage, 0)["score"]
+    return train_and_score(lambda: module.Mixer(stage.d_model, stage.n_heads), stage, 0, SECRET)["score"]
 
 
 @pytest.mark.slow

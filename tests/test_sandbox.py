@@ -1,133 +1,83 @@
-"""Sandbox containment: hostile genomes run WITHOUT the static policy (to test the runtime
-layers: audit hook, rlimits, deadline, process-group kill). Each must end with a stored
-reason and leave the evaluator working. All jobs run once, two at a time, in a fixture."""
+"""The engine's side of a sandboxed worker (fitness.sandbox.Channel), spawned and forked: every
+layer reported before any genome code, the deadline and a cancel end everything, how a worker
+ended is classified from the kernel's exit status, and nothing is left on disk or in cgroups."""
 import os
-import secrets
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 
 import pytest
 
-from evo.seeds import load_seeds
-from fitness.sandbox import run_job
-from fitness.settings import CheckSettings, SandboxSettings
-from genomes import TINY_STAGE, ServerPool, at_import, in_forward, in_init
+from fitness.containment import LAYERS
+from fitness.evaluate import evaluate_sandboxed
+from fitness.sandbox import Channel, Closed
+from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings, StageSettings
+from genomes import SECRET, TINY_STAGE, ServerPool, at_import, in_forward
 
-MARK = f"/tmp/evoarch-hostile-{os.getpid()}"
-SANDBOX = SandboxSettings(timeout_s=25, memory_mb=3072, cpu_s=60)
-STAGE = TINY_STAGE.model_copy(update={"steps": 2})
-
-
-HOSTILE = {
-    "read_file": (at_import("data = open('/etc/passwd').read()"), "failed", "sandbox denied open: reading '/etc/passwd'"),
-    "write_file": (at_import(f"open('{MARK}-w', 'w').write('x')"), "failed", "sandbox denied open: writing"),
-    "socket": (at_import("import socket\nsocket.socket().connect(('127.0.0.1', 9))"), "failed", "sandbox denied"),
-    "subprocess": (at_import(f"import subprocess\nsubprocess.run(['touch', '{MARK}-s'])"), "failed", "sandbox denied"),
-    "os_system": (at_import(f"import os\nos.system('touch {MARK}-o')"), "failed", "sandbox denied os.system"),
-    "os_fork": (at_import("import os\nos.fork()"), "failed", "sandbox denied os.fork"),
-    "dunder_escape": (at_import(
-        "p = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0]\n"
-        f"p(['touch', '{MARK}-d'])"), "failed", "sandbox denied subprocess.Popen"),
-    "import_escape": (at_import(f"__import__('os').system('touch {MARK}-i')"), "failed", "sandbox denied os.system"),
-    "kill_parent": (at_import("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), "failed", "sandbox denied os.kill"),
-    "raise_limits": (at_import("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))"), "failed", "sandbox denied resource.setrlimit"),
-    "loop_init": (in_init("while True: pass"), "timeout", "timeout after"),
-    "loop_forward": (in_forward("while True: pass"), "timeout", "timeout after"),
-    "signal_ignore_loop": (at_import("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                                     "signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass"),
-                           "timeout", "timeout after"),
-    "allocate": (in_init("self.big = [torch.empty(10**9) for _ in range(100)]"),
-                 "killed", "memory limit 3072 MB exceeded"),
-    "sys_exit": (at_import("import sys\nsys.exit(3)"), "failed", "SystemExit: 3"),
-    "os_exit": (at_import("import os\nos._exit(3)"), "failed", "exit code 3 before reporting"),
-    "forged_result": (at_import("print('0' * 32 + ' {\"status\": \"ok\", \"score\": 1.0}')\nimport os\nos._exit(0)"),
-                      "failed", "exit code 0 before reporting"),
-    "ctypes": (at_import("import ctypes\nctypes.string_at(0)"), "failed", "sandbox denied"),
-}
-
-
-def run_raw(code, sandbox=SANDBOX, server=None):
-    job = {"nonce": secrets.token_hex(16), "code": code, "stage": STAGE.model_dump(),
-           "checks": CheckSettings(complexity_probe=False).model_dump(), "seed": 0, "device": "cpu",
-           "threads": 1, "max_procs": 0, "memory_mb": sandbox.memory_mb}
-    return run_job(job, sandbox, timeout_s=sandbox.timeout_s, server=server)
+FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=30, memory_mb=3072, cpu_s=60),
+                     checks=CheckSettings(complexity_probe=False))
+JOB = {"code": "", "stage": StageSettings().model_dump(), "checks": FS.checks.model_dump(), "seed": 0,
+       "device": "cpu", "threads": 1}
 
 
 @pytest.fixture(scope="module", params=["spawn", "fork"])
-def outcomes(request):
-    """{name: Outcome} with workers spawned fresh, or forked from two fork servers."""
-    names = sorted(HOSTILE, key=lambda n: HOSTILE[n][1] != "timeout")  # long ones first
-    small = SandboxSettings(timeout_s=12, memory_mb=3072, cpu_s=60)
-    pool = ServerPool(2) if request.param == "fork" else None
-    run = pool.run if pool else lambda fn, *a, **k: fn(*a, **k)
-    try:
-        with ThreadPoolExecutor(2) as threads:
-            futs = {n: threads.submit(run, run_raw, HOSTILE[n][0], small if HOSTILE[n][1] == "timeout" else SANDBOX)
-                    for n in names}
-            futs["good"] = threads.submit(run, run_raw, dict(load_seeds())["softmax_attention"])
-            return {n: f.result() for n, f in futs.items()}
-    finally:
-        if pool:
-            pool.close()
+def server(request):
+    pool = ServerPool(1) if request.param == "fork" else None
+    yield pool._all[0] if pool else None
+    if pool:
+        pool.close()
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_contained(outcomes, name):
-    _, status, reason = HOSTILE[name]
-    out = outcomes[name]
-    assert out.status == status, (out.status, out.reason, out.log_tail[-500:])
-    assert reason in out.reason, (out.reason, out.log_tail[-500:])
+def run(code, server, stage=TINY_STAGE, cancel=None):
+    return evaluate_sandboxed("g", code, 1, stage, 0, FS, SECRET, server=server, cancel=cancel)
 
 
-def test_no_side_effects(outcomes):
-    leftovers = [p for p in os.listdir("/tmp") if p.startswith(os.path.basename(MARK))]
-    assert leftovers == []
+def test_every_layer_reported_before_the_genome(server):
+    with Channel(FS.sandbox, 60, server=server) as channel:
+        channel.send(JOB)
+        armed, _ = channel.receive()
+        root = channel.root
+        assert os.path.isdir(root)
+    assert armed["op"] == "armed"
+    assert {name for name, layer in armed["layers"].items() if layer["active"]} == set(LAYERS), armed["layers"]
+    assert not os.path.exists(root)
 
 
-def test_evaluator_survives(outcomes):
-    good = outcomes["good"]
-    assert good.status == "ok", (good.reason, good.log_tail[-500:])
-    assert 0.0 <= good.result["score"] <= 1.0
+def test_deadline_kills_the_evaluation(server):
+    t0 = time.monotonic()
+    ev = run(in_forward("while True: pass"), server, TINY_STAGE.model_copy(update={"timeout_s": 5.0}))
+    assert ev.status == "timeout" and "timeout after 5 s" in ev.reason
+    assert time.monotonic() - t0 < 12
 
 
-LANDLOCK_PROBE = """
-import os, socket, subprocess, sys
-from fitness.guard import restrict_filesystem
-scratch, outside = sys.argv[1], sys.argv[2]
-print(restrict_filesystem(scratch))
-open(os.path.join(scratch, "ok"), "w").write("x")
-def tries():
-    yield "write", lambda: open(outside, "w")
-    yield "exec", lambda: subprocess.run(["true"])
-    yield "tcp", lambda: socket.create_connection(("127.0.0.1", 9), timeout=1)
-    yield "signal", lambda: os.kill(os.getppid(), 0)
-for what, fn in tries():
-    try:
-        fn()
-        print(what, "allowed")
-    except OSError as e:
-        print(what, "denied", e.errno)
-"""
+def test_cancel_kills_the_evaluation(server):
+    cancel = threading.Event()
+    threading.Timer(2.0, cancel.set).start()
+    ev = run(in_forward("while True: pass"), server, cancel=cancel)
+    assert ev.status == "killed" and "cancelled" in ev.reason
 
 
-def test_landlock_kernel_layer(tmp_path):
-    """The kernel layer alone (no audit hook): C-level writes, exec, TCP and signals out are denied."""
-    import subprocess
-    import sys
+def test_exit_without_answer_classified(server):
+    ev = run(at_import("import os\nos._exit(3)"), server)
+    assert ev.status == "failed" and "exited (code 3) without answering" in ev.reason, ev.reason
 
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    outside = tmp_path / "outside"
-    proc = subprocess.run([sys.executable, "-c", LANDLOCK_PROBE, str(scratch), str(outside)], capture_output=True,
-                          text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 0, proc.stderr
-    if lines[0].startswith("unavailable"):
-        pytest.skip(f"Landlock {lines[0]}")
-    assert "writes only in scratch" in lines[0] and "no exec" in lines[0]
-    assert (scratch / "ok").exists() and not outside.exists()
-    denied = {line.split()[0] for line in lines[1:] if " denied " in line}
-    assert {"write", "exec"} <= denied, lines
-    if "no TCP" in lines[0]:
-        assert "tcp" in denied, lines
-    if "signals scoped" in lines[0]:
-        assert "signal" in denied, lines
+
+def test_printing_goes_to_the_log_not_the_channel(server):
+    ev = run(at_import("print('hello from the genome')\nraise ValueError('boom')"), server)
+    assert ev.status == "failed" and "ValueError: boom" in ev.reason
+    assert "hello from the genome" in ev.metrics["log_tail"]
+
+
+def test_receive_refuses_what_it_was_not_asked_for(server):
+    with Channel(FS.sandbox, 60, server=server) as channel:
+        channel.send(JOB)
+        with pytest.raises(Exception, match="exceeds the limit"):
+            channel.receive(max_json=16)  # the `armed` report is longer than 16 bytes
+
+
+def test_closed_channel_raises_closed(server):
+    with Channel(FS.sandbox, 60, server=server) as channel:
+        channel.send({**JOB, "threads": "not a number"})  # the worker dies preparing the job
+        with pytest.raises(Closed):
+            channel.receive()
+        ended = channel.close(2.0)
+    assert ended.returncode not in (0, None) and "worker failed" in ended.log_tail

@@ -22,7 +22,8 @@ def test_seed_is_short_documented_and_valid(name, code):
 def test_seed_stage1(name, code):
     from fitness.evaluate import evaluate
     from fitness.settings import FitnessSettings
+    from genomes import SECRET
 
-    ev = evaluate(name, code, 1, None, 0, FitnessSettings(device="cpu"))
+    ev = evaluate(name, code, 1, None, 0, FitnessSettings(device="cpu"), SECRET)
     print(name, ev.status, ev.score, round(ev.wall_s, 1), ev.reason)
     assert ev.status == "ok", ev.reason

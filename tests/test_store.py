@@ -64,15 +64,18 @@ def test_find_evaluated_by_hash_and_leaderboard(archive):
     dup = Genome(id="dup", code=a.code + "# same code, new comment\n", code_hash=a.code_hash, generation=3)
     for g in (a, b, dup):
         archive.add_genome(g)
-    assert archive.find_evaluated_by_hash(a.code_hash, stage=1) == []
-    archive.add_evaluation(Evaluation(a.id, 1, 0, "ok", score=0.6))
-    archive.add_evaluation(Evaluation(a.id, 1, 1, "ok", score=0.8))
-    archive.add_evaluation(Evaluation(b.id, 1, 0, "ok", score=0.65))
-    archive.add_evaluation(Evaluation(b.id, 1, 1, "timeout"))
-    reuse = archive.find_evaluated_by_hash(dup.code_hash, stage=1)
+    assert archive.find_evaluated_by_hash(a.code_hash, stage=1, protocol=2) == []
+    v2 = {"protocol": 2}
+    archive.add_evaluation(Evaluation(a.id, 1, 0, "ok", score=0.6, metrics=v2))
+    archive.add_evaluation(Evaluation(a.id, 1, 1, "ok", score=0.8, metrics=v2))
+    archive.add_evaluation(Evaluation(b.id, 1, 0, "ok", score=0.65, metrics=v2))
+    archive.add_evaluation(Evaluation(b.id, 1, 1, "timeout", metrics=v2))
+    reuse = archive.find_evaluated_by_hash(dup.code_hash, stage=1, protocol=2)
     assert [e.genome_id for e in reuse] == [a.id, a.id]
-    assert archive.find_evaluated_by_hash(b.code_hash, stage=1) == [Evaluation(b.id, 1, 0, "ok", score=0.65)]
-    assert archive.find_evaluated_by_hash(a.code_hash, stage=2) == []
+    assert archive.find_evaluated_by_hash(b.code_hash, stage=1, protocol=2) == [
+        Evaluation(b.id, 1, 0, "ok", score=0.65, metrics=v2)]
+    assert archive.find_evaluated_by_hash(a.code_hash, stage=2, protocol=2) == []
+    assert archive.find_evaluated_by_hash(a.code_hash, stage=1, protocol=3) == []  # scored under another protocol
     board = archive.leaderboard(stage=1, n=5)
     assert [r.genome_id for r in board] == [a.id, b.id]
     assert board[0].mean == pytest.approx(0.7) and board[0].n_seeds == 2

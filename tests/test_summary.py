@@ -68,10 +68,10 @@ def test_promotion_policies(archive):
     assert len(seeds) == 1  # the seed generation always promotes top_k
 
 
-def test_stage1_twin_needs_an_identical_run_with_stage2_results(archive):
+def test_stage1_twin_needs_identical_predictions_with_stage2_results(archive):
     from evo.loop import stage1_twin
 
-    run = {"train_loss": 0.25, "test_loss": 0.5}
+    run = {"predictions_sha256": "0123456789abcdef", "reported": {"train_loss": 0.25}}
     _genome(archive, "orig")
     archive.add_evaluation(Evaluation("orig", 1, 0, "ok", 0.7, params=100, metrics=run))
     archive.add_evaluation(Evaluation("orig", 2, 0, "ok", 0.6, params=200, metrics=run))
@@ -79,12 +79,12 @@ def test_stage1_twin_needs_an_identical_run_with_stage2_results(archive):
     same = Evaluation("same", 1, 0, "ok", 0.7, params=100, metrics=dict(run))
     archive.add_evaluation(same)
     assert stage1_twin(archive, same) == "orig"
-    for changed in ({"train_loss": 0.2500001}, {"params": 101}, {"seed": 1}):
+    for changed in ({"predictions_sha256": "0123456789abcdee"}, {"seed": 1}):
         m = {**run, **{k: v for k, v in changed.items() if k in run}}
-        ev = Evaluation("same", 1, changed.get("seed", 0), "ok", 0.7, params=changed.get("params", 100), metrics=m)
+        ev = Evaluation("same", 1, changed.get("seed", 0), "ok", 0.7, params=100, metrics=m)
         assert stage1_twin(archive, ev) is None, changed
     _genome(archive, "lonely", "llm_mutate", ("s1",), 1)
-    no_stage2 = Evaluation("x", 1, 0, "ok", 0.7, params=100, metrics={"train_loss": 1.0, "test_loss": 1.0})
+    no_stage2 = Evaluation("x", 1, 0, "ok", 0.7, params=100, metrics={"predictions_sha256": "ffff"})
     archive.add_evaluation(dataclasses.replace(no_stage2, genome_id="lonely"))
     assert stage1_twin(archive, no_stage2) is None  # "lonely" matches but has no stage-2 results
-    assert stage1_twin(archive, Evaluation("y", 1, 0, "ok", 0.7)) is None  # no losses: no fingerprint
+    assert stage1_twin(archive, Evaluation("y", 1, 0, "ok", 0.7)) is None  # no predictions digest: no fingerprint

@@ -1,19 +1,23 @@
-"""Task plugins: synthetic or real data a stage trains and scores the backbone on.
+"""Task plugins: the data a stage trains on (in the sandbox) and is scored on (in the engine).
 
-A task answers two questions with one small interface (see `Task`): how to draw a
-batch from a seeded generator, and how to score predictions. Add a task by writing a
-module here and registering it in `_TASKS` (and in settings.TaskName).
+A task is one class with two sides that never meet:
 
-Optional extras a task may define (the trainer uses them when present):
-- `make_eval_batch(generator, batch_size)`: held-out batches from a separate split
-  (default: `make_batch` with the stage's test_seed, as MQAR does);
-- `score_metrics(test) -> dict`: from the evaluation's {"accuracy", "loss"} return
-  {"score": ..., other metrics}; "score" must be higher-is-better (default: accuracy);
-- `prepare(stage)` as a classmethod: fetch or load data; `prepare` below calls it in
-  the parent and in the worker before the sandbox guard is armed.
+- training side, run inside the sandboxed worker: `make_batch(generator, batch_size)` draws
+  public training data from the training seed; `prepare_training(stage)` (optional
+  classmethod) loads what training needs before the sandbox closes (it must not load held-out
+  data: the worker's memory is the genome's).
+- test side, run only in the engine (fitness.testset): `test_batches(generator, rows_per_batch,
+  n_batches)` draws held-out batches from a seed derived from the engine's secret, with
+  `mask` marking the scored positions, where each target must be absent from the inputs;
+  `candidates(inputs, mask)` the token ids whose log-probabilities the worker returns for each
+  scored position (None: the whole vocabulary); `continue_after(row, scored, t, generator)` a
+  copy of one input row (`scored`: its mask row) with the same tokens up to t and new, equally plausible ones after (the
+  trained-model causality probe); `metrics(loss_nats, accuracy)` the score (higher is better)
+  and the task's own metrics from the engine-computed mean loss and accuracy.
 
 Tasks: "mqar" (fitness.tasks.mqar, synthetic) and "shakespeare" (fitness.tasks.shakespeare,
-byte-level language modelling on a registry-installed corpus).
+byte-level language modelling on a registry-installed corpus). Add one by writing a module
+here and registering it in `_TASKS` (and in settings.TaskName).
 """
 from __future__ import annotations
 
@@ -31,26 +35,28 @@ class Batch(NamedTuple):
 
 
 class Task(Protocol):
-    """What a stage needs from a task."""
+    """What a stage needs from a task (see the module docstring for both sides)."""
 
     vocab_size: int
     seq_len: int
 
-    def make_batch(self, generator: torch.Generator, batch_size: int) -> Batch:
-        """Draw one batch; the same generator state always gives the same batch."""
-        ...
+    def make_batch(self, generator: torch.Generator, batch_size: int) -> Batch: ...
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-        """(correct, total) for logits (N, V) at the masked positions against targets (N,)."""
-        ...
+    def test_batches(self, generator: torch.Generator, rows: int, n_batches: int) -> list[Batch]: ...
+
+    def candidates(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None: ...
+
+    def continue_after(self, row: torch.Tensor, scored: torch.Tensor, t: int,
+                       generator: torch.Generator) -> torch.Tensor: ...
+
+    def metrics(self, loss_nats: float, accuracy: float) -> dict: ...
 
 
 _TASKS = {"mqar": ("fitness.tasks.mqar", "MQAR"), "shakespeare": ("fitness.tasks.shakespeare", "ShakespeareLM")}
 
 
 def task_class(name: str) -> type:
-    """The class of task `name`, importing only its module (the sandboxed worker may not
-    import new modules once its guard is armed)."""
+    """The class of task `name`, importing only its module."""
     import importlib
 
     if name not in _TASKS:
@@ -69,18 +75,26 @@ def make_task(stage) -> Task:
     return task_class(stage.task).from_stage(stage)
 
 
-def prepare(stage) -> None:
-    """Fetch/load the data of every task of a stage. Call it in the parent before spawning
-    workers (downloads happen once, there) and in the worker before the guard is armed
-    (the guard forbids reading data caches). A no-op for generated tasks such as MQAR."""
+def prepare_training(stage) -> None:
+    """Load the training data of every task of a stage into this process: in the worker before
+    its sandbox closes. A no-op for generated tasks such as MQAR."""
     for name in stage_task_names(stage):
-        hook = getattr(task_class(name), "prepare", None)
+        hook = getattr(task_class(name), "prepare_training", None)
         if hook is not None:
             hook(stage)
 
 
+def fetch(stage) -> None:
+    """Download and cache the data of every task of a stage (in the engine, once, before any worker
+    starts: the sandbox has no network)."""
+    for name in stage_task_names(stage):
+        hook = getattr(task_class(name), "fetch", None)
+        if hook is not None:
+            hook()
+
+
 def data_env() -> dict[str, str]:
-    """Environment a sandboxed worker needs to find the parent's data cache: the sandbox sets
+    """Environment a sandboxed worker needs to find the training-data cache: the sandbox sets
     HOME to a scratch dir, so pass the resolved EVOARCH_CACHE root explicitly."""
     from fitness.tasks.shakespeare import cache_dir
 

