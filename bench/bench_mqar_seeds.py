@@ -2,17 +2,22 @@
 
 Run: python bench/bench_mqar_seeds.py [--config configs/quickstart.toml] [--stage 1]
      [--seeds softmax_attention,linear_attention] [--set fitness.stage1.seq_len=128 ...]
-     [--train-seeds 0,1] [--markdown]
+     [--train-seeds 0,1] [--secret FILE] [--markdown]
 
 Each seed genome is trained in this process (no sandbox: the numbers are the task's, not the
-harness's) exactly as `fitness.train.train_and_score` trains it in a search, on the CPU with
-one torch thread, and its held-out accuracy, final train loss and training wall time are
-printed. `--set` takes the same dotted overrides as `evo run --set`, so the grid in
-bench/README.md is a handful of invocations of this script.
+harness's) exactly as the sandboxed worker trains it in a search, on the CPU with one torch
+thread, and scored by the engine's code on the engine's held-out test set
+(`fitness.testset.train_and_score`). The test set derives from a secret: by default a fixed one
+(`BENCH_SECRET`), so the table is the same on every machine; `--secret FILE` uses a run's.
+Printed per row: held-out accuracy and its standard error (binomial, over the scored queries),
+test loss, final train loss and training wall time. `--set` takes the same dotted overrides as
+`evo run --set`, so the grid in bench/README.md is a handful of invocations of this script.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import os
 import statistics
 import sys
@@ -23,11 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evo.config import load_config  # noqa: E402
 from evo.seeds import load_seeds  # noqa: E402
-from fitness.evaluate import load_genome  # noqa: E402
-from fitness.train import train_and_score  # noqa: E402
+from fitness.genome_module import load_genome  # noqa: E402
+from fitness.secret import load_or_create  # noqa: E402
+from fitness.testset import train_and_score  # noqa: E402
+
+BENCH_SECRET = hashlib.sha256(b"evoarch bench secret").digest()
 
 
-def run(config: str, stage: int, names: list[str], overrides: list[str], train_seeds: list[int] | None) -> list[dict]:
+def run(config: str, stage: int, names: list[str], overrides: list[str], train_seeds: list[int] | None,
+        secret: bytes = BENCH_SECRET) -> list[dict]:
     """Train each named seed at the stage's settings; one row per (genome, training seed)."""
     torch.set_num_threads(1)
     st = load_config(config, overrides).fitness.stage(stage)
@@ -36,10 +45,11 @@ def run(config: str, stage: int, names: list[str], overrides: list[str], train_s
     for name in names:
         module = load_genome(sources[name])
         for seed in train_seeds or st.seeds:
-            m = train_and_score(lambda: module.Mixer(st.d_model, st.n_heads), st, seed)
+            m = train_and_score(lambda: module.Mixer(st.d_model, st.n_heads), st, seed, secret)
+            acc, n = m["test_accuracy"], m["test_positions"]
             rows.append({"genome": name, "seed": seed, "T": st.seq_len, "kv": st.num_kv_pairs, "d": st.d_model,
-                         "steps": st.steps, "lr": st.lr, "accuracy": m["score"], "train_loss": m["train_loss"],
-                         "train_s": m["train_s"]})
+                         "steps": st.steps, "lr": st.lr, "accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n),
+                         "test_loss": m["test_loss"], "train_loss": m["train_loss"], "train_s": m["train_s"]})
             print(rows[-1], flush=True)
     return rows
 
@@ -52,20 +62,22 @@ def main() -> None:
     ap.add_argument("--seeds", default="softmax_attention,linear_attention", help="comma-separated seed genomes")
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="dotted override, e.g. fitness.stage1.steps=400")
     ap.add_argument("--train-seeds", default="", help="comma-separated training seeds (default: the stage's)")
+    ap.add_argument("--secret", default=None, help="a secret.key file (default: the fixed bench secret)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     seeds = [int(s) for s in args.train_seeds.split(",") if s] or None
-    rows = run(args.config, args.stage, args.seeds.split(","), args.overrides, seeds)
+    secret = load_or_create(args.secret) if args.secret else BENCH_SECRET
+    rows = run(args.config, args.stage, args.seeds.split(","), args.overrides, seeds, secret)
     by_genome: dict[str, list[dict]] = {}
     for r in rows:
         by_genome.setdefault(r["genome"], []).append(r)
     sep = " | " if args.markdown else "  "
-    print(sep.join(["genome", "T", "kv", "d", "steps", "lr", "accuracy (per seed)", "mean", "train s"]))
+    print(sep.join(["genome", "T", "kv", "d", "steps", "lr", "accuracy ± SE (per seed)", "mean", "train s"]))
     for name, rs in by_genome.items():
         accs = [r["accuracy"] for r in rs]
         r0 = rs[0]
         print(sep.join([name, str(r0["T"]), str(r0["kv"]), str(r0["d"]), str(r0["steps"]), f"{r0['lr']:g}",
-                        " ".join(f"{a:.3f}" for a in accs), f"{statistics.mean(accs):.3f}",
+                        " ".join(f"{r['accuracy']:.3f}±{r['se']:.3f}" for r in rs), f"{statistics.mean(accs):.3f}",
                         f"{statistics.mean(r['train_s'] for r in rs):.0f}"]))
 
 

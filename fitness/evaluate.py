@@ -198,7 +198,9 @@ class _Run:
                 raise _Verdict(status, str(reply.get("reason", "")))
             if reply.get("op") != "trained":
                 raise protocol.ProtocolError(f"expected `trained`, got {str(reply.get('op'))[:40]!r}")
+            t0 = time.monotonic()
             metrics = self._test(channel, tests)
+            self.metrics["test_wall_s"] = round(self.metrics.get("test_wall_s", 0) + time.monotonic() - t0, 3)
             scores[name] = metrics["score"]
             self.metrics.update({f"{name}/{k}" if several else k: v for k, v in metrics.items()})
             if not metrics["causal_after_training"] and self.settings.checks.causality:
@@ -212,7 +214,9 @@ class _Run:
         self.metrics["score"] = self.score
         checks = self.settings.checks
         if checks.complexity_probe or checks.max_complexity_exponent is not None:
+            t0 = time.monotonic()
             self._complexity(channel)
+            self.metrics["complexity_wall_s"] = round(time.monotonic() - t0, 3)
         self.status = "ok"
 
     def _test(self, channel: Channel, tests: testset.TestSet) -> dict:

