@@ -81,7 +81,6 @@ def main() -> None:
     from evo.genome import Genome
     from operators.backends import VLLMBackend
     from operators.model_store import ensure_model
-    from operators.parse import ParseError, extract_code
     from operators.researcher import Researcher, Scored, Spec
     from operators.settings import LLMSettings
 

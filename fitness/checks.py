@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import time
 
 import torch
 import torch.nn as nn

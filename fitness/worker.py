@@ -289,12 +289,9 @@ def _prepare(job: dict) -> None:
     import torch.optim  # noqa: F401
     from fitness import checks, genome_module, guard, train  # noqa: F401
     from fitness.settings import StageSettings
-    from fitness.tasks import prepare_training, task_class
+    from fitness.tasks import prepare_training
 
-    stage = StageSettings.model_validate(job["stage"])
-    for name in ([stage.task] if not stage.tasks else list(stage.tasks)):
-        task_class(name)
-    prepare_training(stage)
+    prepare_training(StageSettings.model_validate(job["stage"]))  # imports every task module of the stage too
     try:  # the one optional module a genome may import: its torch backend loads on first use
         import einops
 

@@ -234,7 +234,7 @@ def outcomes():
     null mixer, each forked from one of two fork servers; and what was left running."""
     os.makedirs(RUN_DIR, exist_ok=True)
     con = sqlite3.connect(ARCHIVE)
-    con.execute(f"create table canary (x text)")
+    con.execute("create table canary (x text)")
     con.execute(f"insert into canary values ('{CANARY}')")
     con.commit()
     con.close()
