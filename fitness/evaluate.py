@@ -1,29 +1,31 @@
 """Score one genome at one stage with one training seed: the engine's side of an evaluation.
 
 `evaluate` runs the static policy here (a rejected genome never starts anything), then
-`evaluate_sandboxed`: start a sandboxed worker (fitness.sandbox), refuse to go on unless it
-reports every required containment layer (fitness.containment), then, per task of the stage:
-ask it to train, send it the test inputs of the engine's held-out set (fitness.testset: drawn
-from the engine's secret, labels kept here), check the arrays it returns and score them here;
-verify that the trained model is causal on real test sequences; time its forward passes at
-several lengths (complexity). Every number that decides selection is computed in this process.
-What the worker reports about itself (training loss, its own timings, the parameter count its
-harness counted) is stored under metrics["reported"], bounded and sanitised.
+`evaluate_sandboxed`: start the evaluation's processes (fitness.sandbox: the trusted trainer and
+one or two sandboxed Mixer workers), refuse to go on unless every worker reports every required
+containment layer (fitness.containment), then, per task of the stage: ask the trainer to train,
+send it the test inputs of the engine's held-out set (fitness.testset: drawn from the engine's
+secret; labels kept here), the causality twins to be answered by the second worker, check the
+arrays that come back and score them here; then time the Mixer's forward passes at several
+lengths (complexity). The genome's code runs only in the workers, which see activations and
+parameters, never tokens, labels or this process. What a worker says about itself (the
+parameter count its structural checks saw) is stored apart, as metrics["reported"].
 
-Statuses: ok | rejected (policy, checks, causality, complexity, tampering) | failed (crashed,
-diverged, broke the protocol, invalid predictions) | timeout | killed (memory, CPU, cancel).
+Statuses: ok | rejected (policy, checks, budget, causality, complexity) | failed (crashed,
+diverged, broke the protocol, invalid output) | timeout | killed (memory, CPU, cancel).
 Raises SandboxUnavailable when a required layer is missing or the sandbox fails before any
 genome code ran: that is the machine's problem, and the run must stop, not blame the genome.
+Any other error of the harness ends the evaluation as `failed` with its reason; nothing a
+genome does makes this function raise.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 from evo.genome import Evaluation
 from fitness import protocol, testset
-from fitness.containment import SandboxUnavailable, require
+from fitness.containment import LAYERS, SandboxUnavailable, require
 from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
 from fitness.sandbox import Cancelled, Channel, Closed, Deadline, signal_reason
@@ -31,8 +33,9 @@ from fitness.secret import fingerprint
 from fitness.settings import FitnessSettings, StageSettings
 from fitness.tasks import fetch, stage_task_names
 
-REPORTED_NUMBERS = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer")
 REASON_CHARS = 2000
+TRAINED = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer")
+PROBE_ROWS = 8  # rows of the complexity probe's forward passes
 
 
 class _Verdict(Exception):
@@ -44,19 +47,10 @@ class _Verdict(Exception):
 
 
 def clean_text(text: object, limit: int = REASON_CHARS) -> str:
-    """Untrusted text made safe to store and to show an LLM: printable, one paragraph, bounded."""
+    """Untrusted text made safe to store and to show an LLM: printable, bounded."""
     text = str(text)[: limit * 2]
     text = "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
     return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def _reported(values: object) -> dict:
-    """The worker's own numbers, kept only where they are finite numbers under known names."""
-    if not isinstance(values, dict):
-        return {}
-    return {k: float(v) if isinstance(v, float) else v for k, v in values.items()
-            if k in REPORTED_NUMBERS and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v)}
 
 
 def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSettings | None, seed: int,
@@ -67,9 +61,9 @@ def evaluate(genome_id: str, code: str, stage: int, stage_settings: StageSetting
     Never raises for anything the genome does (SandboxUnavailable: see the module docstring).
 
     stage_settings: None uses fitness_settings.stage(stage). device: a resolved "cpu"/"cuda"
-    (default: resolve fitness_settings.device). env: extra environment for the worker (e.g.
+    (default: resolve fitness_settings.device). env: extra environment for the processes (e.g.
     CUDA_VISIBLE_DEVICES of an executor slot). cancel: set it to kill the run early.
-    server: a started fitness.forkserver.ForkServer to fork the worker from (None: spawn one)."""
+    server: a started fitness.forkserver.ForkServer to fork the processes from (None: spawn them)."""
     t0 = time.perf_counter()
     reason = check_policy(code)
     if reason is not None:
@@ -91,7 +85,8 @@ def evaluate_sandboxed(genome_id: str, code: str, stage: int, stage_settings: St
     st = stage_settings or fitness_settings.stage(stage)
     device = device or resolve_device(fitness_settings.device)
     fetch(st)  # downloads happen here, once, in the engine
-    tests = {name: testset.build(st, name, secret) for name in stage_task_names(st)}
+    tests = {name: testset.build(st, name, secret, twins=fitness_settings.checks.causality)
+             for name in stage_task_names(st)}
     job = {"code": code, "stage": st.model_dump(), "checks": fitness_settings.checks.model_dump(), "seed": seed,
            "device": device, "threads": fitness_settings.threads_per_worker,
            "gpu_memory_mb": fitness_settings.sandbox.gpu_memory_mb}
@@ -112,7 +107,7 @@ def evaluate_sandboxed(genome_id: str, code: str, stage: int, stage_settings: St
 
 
 class _Run:
-    """One conversation with one worker, and its verdict."""
+    """One conversation with one evaluation's trainer, and its verdict."""
 
     def __init__(self, settings: FitnessSettings, stage: StageSettings, job: dict, tests: dict, device: str,
                  env: dict, cancel):
@@ -120,15 +115,17 @@ class _Run:
         self.device, self.env, self.cancel = device, env, cancel
         self.status, self.reason, self.score, self.params = "failed", "", None, None
         self.metrics: dict = {}
+        self.gone: int | None = None  # the worker the trainer says ended without answering
 
     def go(self, server: ForkServer | None) -> None:
         sb = self.settings.sandbox
-        channel = Channel(sb, self.stage.timeout_s or sb.timeout_s, threads=self.settings.threads_per_worker,
-                          device=self.device, env=self.env, server=server, cancel=self.cancel)
+        workers = 2 if self.settings.checks.causality else 1
+        channel = Channel(sb, self.stage.timeout_s or sb.timeout_s, workers=workers,
+                          threads=self.settings.threads_per_worker, device=self.device, env=self.env, server=server,
+                          cancel=self.cancel)
         grace = 0.0
         try:
-            layers = self._open(channel)
-            self.metrics["containment"] = {name: bool(layer.get("active")) for name, layer in layers.items()}
+            self._open(channel)
             self._converse(channel)
             grace = 2.0
             try:
@@ -137,48 +134,76 @@ class _Run:
                 pass
         except _Verdict as v:
             self.status, self.reason = v.status, clean_text(v.reason)
-            grace = 0.0
+            grace = 2.0 if self.gone is not None else 0.0
         except Deadline:
             self.status, self.reason = "timeout", f"timeout after {channel.timeout_s:g} s (wall); all its processes killed"
         except Cancelled:
             self.status, self.reason = "killed", "cancelled by the executor; all its processes killed"
         except Closed:
             grace = 2.0
-            self.status, self.reason = "failed", ""  # from the exit status below
+            self.status, self.reason = "failed", ""  # from the exit statuses below
         except protocol.ProtocolError as e:
-            self.status, self.reason = "failed", f"broke the result protocol: {e}"
+            self.status, self.reason = "failed", f"the trainer broke the protocol: {e}"
+        except SandboxUnavailable:
+            channel.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - a harness error: this evaluation fails, the run goes on
+            self.status, self.reason = "failed", clean_text(f"harness error: {type(e).__name__}: {e}")
         finally:
             ended = channel.close(grace)
-        if ended.returncode is None and self.status == "failed" and not self.reason:
-            raise ForkServerError("the fork server died during the evaluation (the worker was killed with it)")
+        self._account(ended)
+
+    def _account(self, ended) -> None:
+        """Kernel-measured costs, and the verdict where a process ended without answering."""
+        sb = self.settings.sandbox
+        if ended.trainer is None and self.status == "failed" and not self.reason:
+            raise ForkServerError("the fork server died during the evaluation (its processes were killed with it)")
         self.metrics.update({"wall_s": round(ended.wall_s, 3), **ended.usage})
-        if self.status == "failed" and not self.reason:  # the worker ended without answering
-            if ended.returncode is not None and ended.returncode < 0:
-                self.status, self.reason = signal_reason(-ended.returncode, sb)
-            else:
-                self.reason = f"the worker exited (code {ended.returncode}) without answering"
-                last = ended.log_tail.strip().splitlines()[-1:]
-                if last:
-                    self.reason += f"; last log line: {clean_text(last[0], 300)}"
+        codes = ([ended.workers[self.gone]] if self.gone is not None and self.gone < len(ended.workers) else []) \
+            + ended.workers + [ended.trainer]
+        killed = next((c for c in codes if c is not None and c < 0), None)
+        if self.status == "failed" and (self.gone is not None or not self.reason) and killed is not None:
+            self.status, self.reason = signal_reason(-killed, sb)
+        elif self.gone is not None and codes[0] is not None:
+            self.reason += f" (exit code {codes[0]})"
+        elif self.status == "failed" and not self.reason:
+            self.reason = f"the evaluation ended without answering (trainer exit code {ended.trainer})"
+            last = ended.trainer_log.strip().splitlines()[-1:]
+            if last:
+                self.reason += f"; trainer's last log line: {clean_text(last[0], 300)}"
         if ended.log_tail and self.status != "ok":
             self.metrics["log_tail"] = clean_text(ended.log_tail, sb.log_tail_chars)
 
-    def _open(self, channel: Channel) -> dict:
-        """Send the job, read the containment report (no genome code has run yet), require it."""
+    def _open(self, channel: Channel) -> None:
+        """Send the job; read every worker's containment report (no genome code has run); require it."""
         try:
             channel.send(self.job)
             armed, _ = channel.receive()
         except (Closed, protocol.ProtocolError) as e:
             ended = channel.close(2.0)
-            if ended.returncode is None:
-                raise ForkServerError("the fork server died while starting a worker") from None
+            if ended.trainer is None:
+                raise ForkServerError("the fork server died while starting an evaluation") from None
             raise SandboxUnavailable(f"the sandbox failed before any genome code ran ({type(e).__name__}: {e}); "
-                                     f"worker log: {clean_text(ended.log_tail, 800)}") from None
-        layers = armed.get("layers") if armed.get("op") == "armed" else None
-        if not isinstance(layers, dict):
-            raise SandboxUnavailable(f"the sandbox sent {str(armed)[:200]} instead of its containment report")
-        require(layers, self.settings.sandbox.allow_missing)
-        return layers
+                                     f"logs: {clean_text(ended.log_tail + ended.trainer_log, 800)}") from None
+        reports = armed.get("layers") if armed.get("op") == "armed" else None
+        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports) or not reports:
+            raise SandboxUnavailable(f"the trainer sent {str(armed)[:200]} instead of the containment reports")
+        for report in reports:
+            require(report, self.settings.sandbox.allow_missing)
+        self.metrics["containment"] = {name: all(bool(r.get(name, {}).get("active")) for r in reports)
+                                       for name in LAYERS}
+
+    def _reply(self, channel: Channel, expect: str, max_payload: int = 0) -> tuple[dict, dict]:
+        reply, arrays = channel.receive(max_payload)
+        if reply.get("op") == "error":
+            reported = reply.get("reported") if isinstance(reply.get("reported"), dict) else {}
+            if isinstance(reported.get("worker_gone"), int):
+                self.gone = reported["worker_gone"]
+            status = reply.get("status") if reply.get("status") in ("rejected", "failed", "killed") else "failed"
+            raise _Verdict(status, str(reply.get("reason", "")))
+        if reply.get("op") != expect:
+            raise protocol.ProtocolError(f"expected `{expect}`, got {str(reply.get('op'))[:40]!r}")
+        return reply, arrays
 
     def _converse(self, channel: Channel) -> None:
         scores, weights = {}, self.stage.tasks or {self.stage.task: 1.0}
@@ -186,18 +211,12 @@ class _Run:
         for name, tests in self.tests.items():
             t0 = time.monotonic()
             channel.send({"op": "train", "task": name})
-            reply, _ = channel.receive()
+            reply, _ = self._reply(channel, "trained")
             self.metrics["train_wall_s"] = round(self.metrics.get("train_wall_s", 0) + time.monotonic() - t0, 3)
-            reported = _reported(reply.get("reported"))
-            self.metrics.setdefault("reported", {}).update({f"{name}/{k}" if several else k: v
-                                                            for k, v in reported.items()})
-            if self.params is None and isinstance(reported.get("params_mixer_layer"), int):
-                self.params = reported["params_mixer_layer"]
-            if reply.get("op") == "error":
-                status = reply.get("status") if reply.get("status") in ("rejected", "failed", "killed") else "failed"
-                raise _Verdict(status, str(reply.get("reason", "")))
-            if reply.get("op") != "trained":
-                raise protocol.ProtocolError(f"expected `trained`, got {str(reply.get('op'))[:40]!r}")
+            trained = reply.get("metrics") if isinstance(reply.get("metrics"), dict) else {}
+            self.metrics.update({f"{name}/{k}" if several else k: trained[k] for k in TRAINED if k in trained})
+            self.metrics["reported"] = reply.get("reported") if isinstance(reply.get("reported"), dict) else {}
+            self.params = trained.get("params_mixer_layer")
             t0 = time.monotonic()
             metrics = self._test(channel, tests)
             self.metrics["test_wall_s"] = round(self.metrics.get("test_wall_s", 0) + time.monotonic() - t0, 3)
@@ -206,9 +225,10 @@ class _Run:
             if not metrics["causal_after_training"] and self.settings.checks.causality:
                 raise _Verdict("rejected", (
                     f"not causal after training: on {name}, a test sequence and its copy that differs only after a "
-                    f"secret position t got log-probabilities differing by {metrics['causal_max_diff']:.3g} at "
-                    f"positions <= t (tolerance {self.settings.checks.trained_tolerance:g}); outputs at t may only "
-                    f"depend on inputs at <= t"))
+                    f"secret position t, answered by two separate processes from the same trained parameters, got "
+                    f"log-probabilities differing by {metrics['causal_max_diff']:.3g} at positions <= t (tolerance "
+                    f"{self.settings.checks.trained_tolerance:g}); outputs at t may only depend on inputs at <= t and "
+                    f"the parameters"))
         total = sum(weights.values())
         self.score = sum(weights[n] / total * s for n, s in scores.items())
         self.metrics["score"] = self.score
@@ -225,14 +245,11 @@ class _Run:
             arrays = {"inputs": req.inputs, "request": req.request}
             if req.candidates is not None:
                 arrays["candidates"] = req.candidates
-            channel.send({"op": "predict"}, arrays)
+            channel.send({"op": "predict", "replica": req.replica}, arrays)
             n, k = req.n, req.k(tests.vocab_size)
-            reply, got = channel.receive(max_payload=4 * n * k + 4 * n)
-            if reply.get("op") == "error":
-                raise _Verdict(reply.get("status") if reply.get("status") in ("rejected", "failed", "killed")
-                               else "failed", str(reply.get("reason", "")))
-            if reply.get("op") != "predictions" or set(got) != {"logp", "argmax"}:
-                raise protocol.ProtocolError("expected `predictions` with the arrays logp and argmax")
+            _, got = self._reply(channel, "predictions", 4 * n * k + 4 * n)
+            if set(got) != {"logp", "argmax"}:
+                raise protocol.ProtocolError("expected the arrays logp and argmax")
             problem = tests.check_outputs(i, got["logp"], got["argmax"])
             if problem:
                 raise _Verdict("failed", f"invalid predictions: {problem}")
@@ -248,19 +265,12 @@ class _Run:
         times: dict[int, list[float]] = {t: [] for t in lengths}
         for round_ in range(checks.complexity_repeats + 1):  # the first round warms up and measures memory
             for length in lengths:
-                t0 = time.perf_counter()
-                channel.send({"op": "time", "length": length, "memory": round_ == 0})
-                reply, _ = channel.receive()
-                elapsed = time.perf_counter() - t0
-                if reply.get("op") == "error":
-                    raise _Verdict("failed", f"during the complexity probe: {reply.get('reason', '')}")
-                if reply.get("op") != "timed":
-                    raise protocol.ProtocolError("expected `timed`")
+                channel.send({"op": "time", "length": length, "rows": PROBE_ROWS, "memory": round_ == 0})
+                reply, _ = self._reply(channel, "timed")
                 if round_ == 0:
-                    value = reply.get("activation_bytes")
-                    memory[length] = int(value) if isinstance(value, int) and value >= 0 else 0
+                    memory[length] = int(protocol.number(reply.get("activation_bytes"), 0, 1e15))
                 else:
-                    times[length].append(elapsed)
+                    times[length].append(protocol.number(reply.get("seconds"), 0, 1e6))
         metrics, reason = complexity_verdict(lengths, times, memory, checks)
         self.metrics["complexity"] = metrics
         if reason:

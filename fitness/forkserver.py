@@ -4,23 +4,24 @@ A fresh `python -m fitness.worker` spends ~7 s importing torch, torch._dynamo (w
 torch.optim pulls in on the first AdamW) and the harness before it can train anything: about
 20% of a stage-1 evaluation on a CPU. The fork server is a process that does those imports
 once, runs no torch op (so it holds no OpenMP pool and has not touched CUDA) and never sees
-a genome; for each evaluation it forks one child that becomes the launcher (fitness.worker),
-which applies the containment layers and forks the worker. Every genome still gets its own
-process that never ran another genome, in its own session and namespaces, with every layer
-set up after the fork.
+a genome; for each evaluation it forks the evaluation's processes: the trainer (fitness.trainer,
+trusted) and one launcher per sandboxed worker (fitness.worker), which applies the containment
+layers and forks the worker. Every genome still gets processes that never ran another genome,
+in their own sessions and namespaces, with every layer set up after the fork.
 
-Parent side: `ForkServer.start(env)`, then per evaluation `spawn(fds, cwd, env) -> pid` and
-`wait(pid, timeout) -> (exit code, usage)` (code negative: killed by that signal, as
-subprocess reports it; usage: CPU seconds and peak resident memory of the launcher and the
-worker, from wait4). Server side (`python -m fitness.forkserver FD`): a loop over requests on
-the Unix socket FD, each carrying the child's three descriptors (SCM_RIGHTS).
+Parent side: `ForkServer.start(env)`, then per evaluation `spawn([Child, ...]) -> pids` and
+`wait() -> {pid: (exit code, usage)}` once all have ended (code negative: killed by that
+signal, as subprocess reports it; usage: CPU seconds and peak resident memory of the child and
+what it waited for, from wait4). Server side (`python -m fitness.forkserver FD`): a loop over
+requests on the Unix socket FD, each carrying the children's descriptors (SCM_RIGHTS).
 
 Lifetimes: the server exits when its socket closes (the engine exited or was killed), killing
-the child it is waiting on; a child gets SIGKILL when the server dies (PR_SET_PDEATHSIG), so
+the children it is waiting on; a child gets SIGKILL when the server dies (PR_SET_PDEATHSIG), so
 no evaluation outlives the engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -35,6 +36,19 @@ import time
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MAX_MSG = 1 << 20
 _PR_SET_PDEATHSIG = 1
+
+
+ROLES = ("trainer", "launcher")
+
+
+@dataclasses.dataclass
+class Child:
+    """One process of an evaluation: its role, descriptors (they become 0, 1, 2, ...), cwd, extra env."""
+
+    role: str
+    fds: tuple[int, ...]
+    cwd: str
+    env: dict[str, str]
 
 
 class ForkServerError(RuntimeError):
@@ -84,27 +98,28 @@ class ForkServer:
         """Whether the server is open and its process still running."""
         return self.sock is not None and self.proc is not None and self.proc.poll() is None
 
-    def spawn(self, fds: tuple[int, int, int], cwd: str, env: dict[str, str], timeout_s: float = 30.0) -> int:
-        """Fork a worker with stdin/stdout/stderr = fds, in `cwd`, with `env` added; return its pid."""
+    def spawn(self, children: list[Child], timeout_s: float = 30.0) -> list[int]:
+        """Fork `children` (one evaluation's processes); their pids, in order."""
         if self.sock is None:
             raise ForkServerError("the fork server is closed")
+        request = {"op": "fork", "children": [{"role": c.role, "fds": len(c.fds), "cwd": c.cwd, "env": c.env}
+                                              for c in children]}
         try:
-            socket.send_fds(self.sock, [json.dumps({"op": "fork", "cwd": cwd, "env": env}).encode() + b"\n"], list(fds))
+            socket.send_fds(self.sock, [json.dumps(request).encode() + b"\n"], [fd for c in children for fd in c.fds])
         except OSError as e:
             self.close()
             raise ForkServerError(f"the fork server is gone: {e}") from e
         reply = self._recv(timeout_s)
         if reply.get("op") != "forked":
             raise ForkServerError(f"fork failed: {reply}")
-        return int(reply["pid"])
+        return [int(pid) for pid in reply["pids"]]
 
-    def wait(self, pid: int, timeout_s: float = 30.0) -> tuple[int, dict]:
-        """(exit code, usage) of the launcher `pid` once it has ended (code negative: the signal that
-        killed it; usage: {"cpu_s", "max_rss_mb"} of it and the worker it waited for)."""
+    def wait(self, timeout_s: float = 30.0) -> dict[int, tuple[int, dict]]:
+        """{pid: (exit code, usage)} of the last group spawned, once every one of them has ended."""
         reply = self._recv(timeout_s)
-        if reply.get("op") != "exited" or reply.get("pid") != pid:
-            raise ForkServerError(f"unexpected fork-server reply {reply} while waiting for {pid}")
-        return int(reply["code"]), reply.get("usage", {})
+        if reply.get("op") != "exited":
+            raise ForkServerError(f"unexpected fork-server reply {reply} while waiting")
+        return {int(pid): (int(code), usage) for pid, (code, usage) in reply["ended"].items()}
 
     def answered_within(self, seconds: float) -> bool:
         """Whether a reply is waiting, or arrives within `seconds` (without reading it)."""
@@ -182,7 +197,7 @@ def _preload() -> None:
     import torch.utils._python_dispatch  # noqa: F401  - the worker lists the harness's operators with it
 
     from fitness import (backbone, cgroup, checks, containment, genome_module, guard, landlock,  # noqa: F401
-                         namespaces, protocol, seccomp, settings, tasks, train, worker)
+                         namespaces, protocol, seccomp, settings, tasks, train, trainer, worker)
     from fitness.tasks import mqar, shakespeare  # noqa: F401
 
     try:
@@ -197,23 +212,30 @@ def _preload() -> None:
     assert not torch.cuda.is_initialized(), "the fork server must not touch CUDA"
 
 
-def _child(fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> None:
-    """In the forked child: become a fresh worker (own session, own stdio), then run it."""
+def _child(role: str, fds: list[int], server_pid: int, cwd: str, env: dict[str, str]) -> None:
+    """In a forked child: become a fresh process of the evaluation (own session, own descriptors),
+    then run its role."""
     try:
         os.setsid()
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != server_pid:  # the server died before the line above
             os._exit(70)
-        for target, fd in enumerate(fds):
+        moved = [os.dup(fd) for fd in fds]  # above every target number, so none is overwritten early
+        for target, fd in enumerate(moved):
             os.dup2(fd, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the control socket, the server's log, ...
+        os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))  # the control socket, the server's log, ...
         os.chdir(cwd)
         os.environ.update(env)
         gc.enable()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from fitness import worker
+        if role == "trainer":
+            from fitness import trainer
 
-        worker.launch()
+            trainer.main()
+        else:
+            from fitness import worker
+
+            worker.launch()
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(2, f"fork server child failed: {type(e).__name__}: {e}\n".encode())
@@ -227,20 +249,29 @@ def usage(rusage) -> dict:
     return {"cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3), "max_rss_mb": round(rusage.ru_maxrss / 1024, 1)}
 
 
-def _wait_for(pid: int, sock: socket.socket) -> tuple[int, dict] | None:
-    """Reap `pid`: (exit code, usage); None if the engine hung up meanwhile (the child's group is killed)."""
-    while True:
-        done, status, rusage = os.wait4(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), usage(rusage)
-        ready, _, _ = select.select([sock], [], [], 0.05)
+def _wait_for(pids: list[int], sock: socket.socket) -> dict | None:
+    """Reap every pid: {pid: (exit code, usage)}; None if the engine hung up meanwhile (then every
+    child's process group is killed)."""
+    ended: dict = {}
+    while len(ended) < len(pids):
+        for pid in pids:
+            if pid not in ended:
+                done, status, rusage = os.wait4(pid, os.WNOHANG)
+                if done:
+                    ended[pid] = (os.waitstatus_to_exitcode(status), usage(rusage))
+        if len(ended) == len(pids):
+            break
+        ready, _, _ = select.select([sock], [], [], 0.02)
         if ready and not sock.recv(1, socket.MSG_PEEK):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            os.waitpid(pid, 0)
+            for pid in pids:
+                if pid not in ended:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    os.waitpid(pid, 0)
             return None
+    return ended
 
 
 def serve() -> None:
@@ -257,30 +288,36 @@ def serve() -> None:
 
     send({"op": "ready", "pid": os.getpid()})
     while True:
-        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 3)
+        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 64)
         if not msg:
             return
         buffer += msg
         while b"\n" in buffer:
             line, _, buffer = buffer.partition(b"\n")
             req = json.loads(line)
-            if req["op"] != "fork" or len(fds) != 3:
+            children = req.get("children", []) if req.get("op") == "fork" else []
+            if not children or sum(c["fds"] for c in children) != len(fds) or \
+                    any(c["role"] not in ROLES for c in children):
                 send({"op": "error", "reason": f"bad request {req.get('op')!r} with {len(fds)} fds"})
                 for fd in fds:
                     os.close(fd)
+                fds = []
                 continue
-            server_pid = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                _child(fds, server_pid, req["cwd"], req["env"])
+            server_pid, pids, at = os.getpid(), [], 0
+            for c in children:
+                pid = os.fork()
+                if pid == 0:
+                    _child(c["role"], fds[at:at + c["fds"]], server_pid, c["cwd"], c["env"])
+                pids.append(pid)
+                at += c["fds"]
             for fd in fds:
                 os.close(fd)
             fds = []
-            send({"op": "forked", "pid": pid})
-            ended = _wait_for(pid, sock)
+            send({"op": "forked", "pids": pids})
+            ended = _wait_for(pids, sock)
             if ended is None:
                 return
-            send({"op": "exited", "pid": pid, "code": ended[0], "usage": ended[1]})
+            send({"op": "exited", "ended": {str(pid): list(v) for pid, v in ended.items()}})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ and runs resumed only under the same version.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -28,6 +29,14 @@ DTYPES = {"int32": np.int32, "float32": np.float32, "uint8": np.uint8, "int64": 
 
 class ProtocolError(ValueError):
     """A frame that breaks the protocol or its limits (garbled, oversized, wrong shape)."""
+
+
+class PayloadTooLarge(ProtocolError):
+    """A frame announces more bytes of arrays than the reader allows (`size`: how many)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"arrays of {size} bytes exceed the limit of {limit} for this message")
+        self.size = size
 
 
 def encode(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
@@ -58,6 +67,14 @@ def _depth(value, limit: int) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+def number(value: object, low: float, high: float) -> float:
+    """A number received from an untrusted peer, if it is a finite int or float within [low, high];
+    ProtocolError otherwise (no bools, no 10**400, no NaN)."""
+    if type(value) not in (int, float) or not (low <= value <= high):  # NaN fails the comparison
+        raise ProtocolError(f"expected a number in [{low:g}, {high:g}], got {str(value)[:40]}")
+    return value
+
+
 def parse_json(data: bytes, max_bytes: int = MAX_JSON_BYTES) -> dict:
     """A JSON object from untrusted bytes: size, nesting and type bounded; ProtocolError otherwise."""
     if len(data) > max_bytes:
@@ -78,18 +95,19 @@ def decode(header: bytes, body: bytes, payload: bytes) -> tuple[dict, dict[str, 
     """Message and arrays of one frame (its three parts already read)."""
     message = parse_json(body)
     specs = message.pop("arrays", [])
-    if not isinstance(specs, list):
-        raise ProtocolError("`arrays` must be a list")
+    if not isinstance(specs, list) or len(specs) > 4096:
+        raise ProtocolError("`arrays` must be a list of at most 4096 specs")
     arrays, offset = {}, 0
     for spec in specs:
         if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in DTYPES
-                and isinstance(spec[2], list) and all(isinstance(d, int) and 0 <= d < 2 ** 31 for d in spec[2])):
+                and isinstance(spec[2], list) and len(spec[2]) <= 8
+                and all(type(d) is int and 0 <= d < 2 ** 31 for d in spec[2])):
             raise ProtocolError(f"bad array spec {str(spec)[:80]}")
         name, dtype, shape = spec
         dt = np.dtype(DTYPES[dtype]).newbyteorder("<")
-        size = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        size = math.prod(shape) * dt.itemsize  # Python ints: no wrap-around
         if offset + size > len(payload):
-            raise ProtocolError(f"array {name!r} declares more bytes than the frame holds")
+            raise ProtocolError(f"array {name[:40]!r} declares more bytes than the frame holds")
         arrays[name] = np.frombuffer(payload, dtype=dt, count=size // dt.itemsize, offset=offset).reshape(shape)
         offset += size
     if offset != len(payload):
@@ -105,7 +123,7 @@ def frame_sizes(header: bytes, max_json: int, max_payload: int) -> tuple[int, in
     if n_json > max_json:
         raise ProtocolError(f"message of {n_json} bytes exceeds the limit of {max_json}")
     if n_payload > max_payload:
-        raise ProtocolError(f"arrays of {n_payload} bytes exceed the limit of {max_payload} for this message")
+        raise PayloadTooLarge(n_payload, max_payload)
     return n_json, n_payload
 
 

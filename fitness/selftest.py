@@ -12,7 +12,7 @@ from __future__ import annotations
 from fitness.containment import LAYERS, SandboxUnavailable, require
 from fitness.forkserver import ForkServer
 from fitness.sandbox import Channel, Closed, Deadline
-from fitness.settings import FitnessSettings, StageSettings
+from fitness.settings import FitnessSettings
 
 
 def self_test(settings: FitnessSettings, device: str, env: dict[str, str] | None = None,
@@ -20,10 +20,10 @@ def self_test(settings: FitnessSettings, device: str, env: dict[str, str] | None
     """{layer: {"active": applied, "held": its probe was stopped, "detail": what it is, "seen": the probe}}."""
     from fitness.tasks import data_env
 
-    job = {"probe": True, "code": "", "stage": StageSettings().model_dump(), "checks": settings.checks.model_dump(), "seed": 0,
-           "device": device, "threads": settings.threads_per_worker, "gpu_memory_mb": settings.sandbox.gpu_memory_mb}
-    channel = Channel(settings.sandbox, timeout_s, threads=settings.threads_per_worker, device=device,
-                      env={**data_env(), **(env or {})}, server=server)
+    job = {"probe": True, "device": device, "threads": settings.threads_per_worker,
+           "gpu_memory_mb": settings.sandbox.gpu_memory_mb}
+    channel = Channel(settings.sandbox, timeout_s, workers=1, trainer=False, threads=settings.threads_per_worker,
+                      device=device, env={**data_env(), **(env or {})}, server=server)
     try:
         channel.send(job)
         armed, _ = channel.receive()

@@ -5,12 +5,14 @@ test inputs, never the labels, and never computes a number the engine keeps.
 engine's secret (fitness.secret), so nothing in the sandbox can regenerate them, while every
 genome of a run (and of paired runs) gets the same test. It adds causality probes: for some
 rows a twin whose inputs equal the row's up to a secret position t and differ after it (the
-task's `continue_after`); twins are unscored and placed in another batch of the same shape,
-rows are shuffled with a secret permutation. t is one of the row's scored positions where it
-has one before its end (so a look-ahead of a single token shows at t); else it is an interior
-position that both rows then ask for, and as many other rows ask for an unscored decoy
-position, so a twin's request does not stand out. A causal model returns the same
-log-probabilities at positions <= t for a row and its twin.
+task's `continue_after`). Twins are unscored and go in batches of their own, answered by the
+second worker (replica 1), which never sees the originals: two processes with the same
+trained parameters, neither of which can see the other's rows. t is one of the row's scored
+positions where it has one before its end (so a look-ahead of a single token shows at t); else
+it is an interior position that both rows then ask for, and as many other rows of the first
+worker's batches ask for an unscored decoy position. Rows are shuffled with a secret
+permutation. A causal model gives the same log-probabilities at positions <= t for a row and
+its twin.
 
 What goes to the worker per batch (`Request`): token ids, the positions whose outputs it must
 return and, where the task restricts them, the candidate token ids. What comes back: for each
@@ -42,8 +44,9 @@ class Request:
     """One batch sent to the worker."""
 
     inputs: np.ndarray  # (B, T) int32 token ids
-    request: np.ndarray  # (B, T) uint8: 1 where the worker returns outputs (row-major order)
+    request: np.ndarray  # (B, T) uint8: 1 where outputs are returned (row-major order)
     candidates: np.ndarray | None  # (N, K) int32 token ids per requested position; None: the whole vocabulary
+    replica: int = 0  # the worker that answers it: 0 the one that trained, 1 the check (the twins)
 
     @property
     def n(self) -> int:
@@ -126,13 +129,14 @@ def _stage_key(stage) -> str:
     return json.dumps(stage.model_dump(), sort_keys=True)
 
 
-def build(stage, task_name: str, secret: bytes) -> TestSet:
-    """The test set of `task_name` at `stage` (cached per stage, task and secret)."""
-    return _build(_stage_key(stage), task_name, secret)
+def build(stage, task_name: str, secret: bytes, twins: bool = True) -> TestSet:
+    """The test set of `task_name` at `stage` (cached per stage, task, secret and twins). twins:
+    add the causality twins (answered by the second worker) and the decoys hiding them."""
+    return _build(_stage_key(stage), task_name, secret, twins)
 
 
 @functools.lru_cache(maxsize=16)
-def _build(stage_json: str, task_name: str, secret: bytes) -> TestSet:
+def _build(stage_json: str, task_name: str, secret: bytes, twins: bool = True) -> TestSet:
     from fitness.settings import StageSettings
 
     stage = StageSettings.model_validate(json.loads(stage_json)).model_copy(update={"task": task_name, "tasks": None})
@@ -145,9 +149,9 @@ def _build(stage_json: str, task_name: str, secret: bytes) -> TestSet:
     batches = task.test_batches(gen, stage.batch_size, stage.eval_batches)
     rows = [[(b.inputs[i], b.targets[i], b.mask[i].clone(), True) for i in range(len(b.inputs))] for b in batches]
     pairs = []  # (batch a, row a, batch b, row b, t)
-    n_twins = max(1, stage.batch_size // TWIN_FRACTION)
+    n_twins = max(1, stage.batch_size // TWIN_FRACTION) if twins else 0
+    twin_batch: dict[int, int] = {}  # length -> the batch of twins of that length, for the second worker
     for a, batch in enumerate(batches):
-        partners = [b for b in range(len(batches)) if b != a and batches[b].inputs.shape == batch.inputs.shape] or [a]
         for i in torch.randperm(len(batch.inputs), generator=gen)[:n_twins].tolist():
             inputs, targets, mask, _ = rows[a][i]
             length = len(inputs)
@@ -157,24 +161,29 @@ def _build(stage_json: str, task_name: str, secret: bytes) -> TestSet:
             t = inner[int(torch.randint(len(inner), (1,), generator=gen))] if inner else \
                 int(torch.randint(1, length - 1, (1,), generator=gen))
             twin = task.continue_after(inputs, mask, t, gen)
-            b = partners[int(torch.randint(len(partners), (1,), generator=gen))]
+            if length not in twin_batch:
+                twin_batch[length] = len(rows)
+                rows.append([])
+            b = twin_batch[length]
             rows[b].append((twin, torch.full_like(targets, -100), mask.clone(), False))
             pairs.append((a, i, b, len(rows[b]) - 1, t))
-    extra = _ask_at_probe_positions(rows, pairs, gen)
-    return _assemble(task, task_name, rows, pairs, extra, gen)
+    replicas = [0] * len(batches) + [1] * (len(rows) - len(batches))
+    extra = _ask_at_probe_positions(rows, pairs, len(batches), gen)
+    return _assemble(task, task_name, rows, replicas, pairs, extra, gen)
 
 
-def _ask_at_probe_positions(rows, pairs, gen) -> dict[tuple[int, int], set[int]]:
+def _ask_at_probe_positions(rows, pairs, n_base: int, gen) -> dict[tuple[int, int], set[int]]:
     """Positions a pair is compared at that neither row already asks for (LM: rows are scored only
-    at their end): both rows ask for t, and as many other rows ask for a random unscored decoy."""
+    at their end): both rows ask for t, and as many other rows of the first worker's batches ask
+    for a random unscored decoy, so the originals' requests do not stand out there."""
     extra: dict[tuple[int, int], set[int]] = {}
     added = 0
     for a, i, b, j, t in pairs:
         if not rows[a][i][2][: t + 1].any():
             extra.setdefault((a, i), set()).add(t)
             extra.setdefault((b, j), set()).add(t)
-            added += 2
-    candidates = [(a, i) for a, batch in enumerate(rows) for i in range(len(batch)) if (a, i) not in extra]
+            added += 1
+    candidates = [(a, i) for a in range(n_base) for i in range(len(rows[a])) if (a, i) not in extra]
     for k in torch.randperm(len(candidates), generator=gen)[:added].tolist():
         a, i = candidates[k]
         length = len(rows[a][i][0])
@@ -182,9 +191,9 @@ def _ask_at_probe_positions(rows, pairs, gen) -> dict[tuple[int, int], set[int]]
     return extra
 
 
-def _assemble(task, task_name, rows, pairs, extra, gen) -> TestSet:
+def _assemble(task, task_name, rows, replicas, pairs, extra, gen) -> TestSet:
     requests, slots, tokens = [], [], []
-    where: dict[tuple[int, int], tuple[int, dict[int, int]]] = {}  # (batch, row) -> (batch, position -> entry)
+    where: dict[tuple[int, int], tuple[int, dict[int, int]]] = {}  # (batch, row) -> (request, position -> entry)
     for a, batch in enumerate(rows):
         order = torch.randperm(len(batch), generator=gen).tolist()
         inputs = torch.stack([batch[i][0] for i in order])
@@ -212,16 +221,16 @@ def _assemble(task, task_name, rows, pairs, extra, gen) -> TestSet:
         for i in range(len(batch)):
             where[(a, i)] = (a, index.get(i, {}))
         requests.append(Request(inputs.to(torch.int32).numpy(), asked.to(torch.uint8).numpy(),
-                                None if cand is None else cand.to(torch.int32).numpy()))
+                                None if cand is None else cand.to(torch.int32).numpy(), replicas[a]))
         slots.append(slot.numpy().astype(np.int64))
         tokens.append(token.numpy().astype(np.int64))
     twins = []
     for a, i, b, j, t in pairs:
-        _, ea = where[(a, i)]
-        _, eb = where[(b, j)]
+        ra, ea = where[(a, i)]
+        rb, eb = where[(b, j)]
         common = sorted(p for p in ea if p <= t and p in eb)
-        twins.append((a, np.array([ea[p] for p in common], dtype=np.int64),
-                      b, np.array([eb[p] for p in common], dtype=np.int64)))
+        twins.append((ra, np.array([ea[p] for p in common], dtype=np.int64),
+                      rb, np.array([eb[p] for p in common], dtype=np.int64)))
     return TestSet(task_name, task.vocab_size, requests, slots, tokens, twins, task.metrics)
 
 

@@ -60,7 +60,7 @@ def test_server_is_reused_and_children_are_fresh(server):
     # the first genome leaves a mark in a module everybody imports; the second must not see it
     first = run(at_import("F._evoarch_mark = 1"), server)
     second = run(at_import("assert not hasattr(F, '_evoarch_mark'), 'state leaked'"), server)
-    assert first.status == "rejected" and "tampering" in first.reason, first.reason
+    assert first.status == "ok", first.reason  # the mark changes only the genome's own process
     assert second.status == "ok", (second.reason, second.metrics.get("log_tail", "")[-500:])
     assert server.proc.pid == pid and server.alive()
 
@@ -105,17 +105,17 @@ def test_no_evaluation_outlives_a_killed_engine(tmp_path, launch):
     server_pid = int(engine.stdout.readline())
     parent = server_pid or engine.pid
     deadline = time.monotonic() + 60
-    while not children(parent) or not children(children(parent)[0]):
-        assert time.monotonic() < deadline, "the worker never started"
+    while sum(bool(children(p)) for p in children(parent)) < 2:  # both launchers have forked their workers
+        assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.2)
-    (launcher,) = children(parent)
-    (worker,) = children(launcher)
+    processes = children(parent) + [w for p in children(parent) for w in children(p)]  # trainer, launchers, workers
+    assert len(processes) == 5, processes
     time.sleep(1.0)
     engine.send_signal(signal.SIGKILL)
     engine.wait()
     deadline = time.monotonic() + 15
-    while alive(worker) or alive(launcher) or (server_pid and alive(server_pid)):
-        assert time.monotonic() < deadline, f"still running after the engine was killed: worker {worker}"
+    while any(alive(p) for p in processes) or (server_pid and alive(server_pid)):
+        assert time.monotonic() < deadline, f"still running after the engine was killed: {processes}"
         time.sleep(0.2)
 
 

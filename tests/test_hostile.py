@@ -1,12 +1,15 @@
 """The red team: hostile genomes, one or more per class of attack, through the real evaluation.
 
-Most cases run with the static policy bypassed (`evaluate_sandboxed`), so the containment layers
-and the engine-side scoring alone must hold; the ones marked "policy on" go through `evaluate`
-with a gadget that walks past the policy (it is lint, not a boundary). Every worker is forked
-from one of two fork servers, as executors run them. For each case: a forged score is
-impossible (the evaluation is not ok, or its score is the engine's, near the null mixer's),
-each escape is refused, no file outside the sandbox is read into a reason or written, and no
-process outlives its evaluation. A good genome scores the same before and after the suite.
+Most cases run with the static policy bypassed (`evaluate_sandboxed`), so the containment layers,
+the trainer and the engine's scoring alone must hold; the ones marked "policy on" go through
+`evaluate` with a gadget that walks past the policy (it is lint, not a boundary). Every
+evaluation is forked from one of two fork servers, as executors run them. For each case: a
+forged score is impossible (the evaluation is not ok, or its score is the one the genome's
+Mixer earns: near the null mixer's), each escape is refused, no file outside the sandbox is read
+into a result or written, and no process outlives its evaluation. A good genome scores the same
+before and after the suite. `tests/hostile/` holds the attacks an independent red team wrote
+against an earlier design (taking over the channel, replaying answers to causality twins,
+switching the Mixer the budget counts).
 """
 import os
 import sqlite3
@@ -21,6 +24,7 @@ from genomes import MIXER, SECRET, TINY_STAGE, ServerPool, at_import, in_forward
 from procs import children
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOSTILE = os.path.join(PROJECT, "tests", "hostile")
 TAG = f"evoarch-redteam-{os.getpid()}"
 RUN_DIR = f"/tmp/{TAG}-run"  # stands for a live run's directory: archive, config, secret
 ARCHIVE = f"{RUN_DIR}/archive.sqlite"
@@ -30,6 +34,8 @@ FORGE_BAR = 0.5  # the null mixer scores ~0 at this stage; a forged score would 
 
 FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=40, memory_mb=3072, cpu_s=80),
                      checks=CheckSettings(complexity_probe=False))
+PROBED = FS.model_copy(update={"checks": CheckSettings(complexity_lengths=[128, 256], complexity_repeats=3,
+                                                      max_complexity_exponent=1.5)})
 STAGE = TINY_STAGE.model_copy(update={"steps": 20})
 SHORT = STAGE.model_copy(update={"timeout_s": 10.0})
 LM = STAGE.model_copy(update={"task": "shakespeare", "eval_batches": 2})
@@ -73,6 +79,11 @@ HIDE_PARAMETERS = MIXER.format(top="", init="self.hidden = nn.Linear(d_model, 64
 """
 DISPATCHER = """lib = torch._C._dispatch_library("IMPL", "aten", "", "x", 1)  # torch.library without its frame walk
 lib.impl("_log_softmax", "CPU", lambda x, dim, half: torch.zeros_like(x), False)"""
+SOFTMAX = dict(load_seeds())["softmax_attention"]
+PROBE_AT_BATCH_ONE = SOFTMAX.replace("        b, t, d = x.shape\n", "        b, t, d = x.shape\n        if b == 1:\n"
+                                     "            return self.out(self.qkv(x)[..., :d])\n", 1)
+HUGE_NUMBER = ('frame({"op": "checked", "reported": {"params_mixer_layer": 1' + '0' * 400 + '}}) + '
+               'frame({"op": "built", "shapes": [[1]], "arrays": [["p0", "float32", [2 ** 30, 2 ** 30, 16]]]})')
 REGENERATE = """import sys
 from fitness.tasks.mqar import MQAR
 gen = torch.Generator().manual_seed(20250101)  # the test seed of fitness protocol 1
@@ -93,6 +104,11 @@ train.predict = lookup"""
 ZERO_CORPUS = """import sys
 for data in sys.modules["fitness.tasks.shakespeare"]._LOADED.values():
     data.zero_()"""
+
+
+def attack(name: str) -> str:
+    with open(os.path.join(HOSTILE, name)) as f:
+        return f.read()
 
 
 def forged(ev) -> str | None:
@@ -118,31 +134,32 @@ def status(expected, *fragments):
     return check
 
 
-# name: (class of attack, code, "bypass" or "policy on", stage, check(Evaluation) -> problem or None)
+# name: (class of attack, code, "bypass" or "policy on", stage, check(Evaluation) -> problem or None);
+# a stage of PROBED runs with the complexity probe and a limit
 CASES = {
-    # --- forged scores: whatever the worker says, the engine scores predictions on its own labels ----
+    # --- forged scores: the worker never sees a token or a label; the engine scores predictions --------
     "forged_frames": ("forgery", write_frames(FORGED), "bypass", STAGE, forged),
-    "callback_rewrites_report": ("forgery", at_import(
+    "channel_takeover": ("forgery", attack("channel_takeover.py"), "policy on", STAGE, forged),
+    "callback_rewrites_replies": ("forgery", at_import(
         "import sys\nprotocol = sys.modules['fitness.protocol']\nhonest = protocol.write_frame\n"
-        "def rewrite(fd, message, arrays=None):\n    if message.get('op') == 'predictions':\n"
-        "        arrays['argmax'][:] = 7\n    return honest(fd, message, arrays)\nprotocol.write_frame = rewrite"),
-        "bypass", STAGE, status("rejected", "`fitness.protocol.write_frame` was replaced")),
+        "def rewrite(fd, message, arrays=None):\n    if message.get('op') == 'y':\n"
+        "        arrays['y'][:] = 100.0\n    return honest(fd, message, arrays)\nprotocol.write_frame = rewrite"),
+        "bypass", STAGE, forged),
     "class_attribute_patch": ("forgery", at_import(
-        "import sys\nsys.modules['fitness.worker'].Session.predict = lambda *a: None"),
-        "bypass", STAGE, status("rejected", "`fitness.worker.Session.predict` was replaced")),
+        "import sys\nsys.modules['fitness.worker'].MixerServer.fwd = lambda *a: ({'op': 'y'}, {})"),
+        "bypass", STAGE, forged),
     "patched_argmax": ("patched torch", in_init("torch.Tensor.argmax = lambda self, dim=None: self.new_zeros(1)"),
-                       "bypass", STAGE, status("rejected", "tampering")),
+                       "bypass", STAGE, forged),
     "one_shot_patch_in_forward": ("patched torch", in_forward(
-        "torch.log_softmax = lambda t, dim: torch.zeros_like(t)"), "bypass", STAGE, status("rejected", "tampering")),
-    "dispatcher_override": ("patched torch", at_import(DISPATCHER), "bypass", STAGE,
-                            status("rejected", "dispatcher's kernels for `aten::_log_softmax`")),
+        "torch.log_softmax = lambda t, dim: torch.zeros_like(t)"), "bypass", STAGE, forged),
+    "dispatcher_override": ("patched torch", at_import(DISPATCHER), "bypass", STAGE, forged),
     "regenerate_test_set": ("test-set regeneration", at_import(REGENERATE), "bypass", STAGE, forged),
     "zero_training_corpus": ("data tampering", at_import(ZERO_CORPUS), "bypass", LM, None),  # compared below
     "nan_at_test_time": ("NaN / negative loss", in_forward(
         "if not self.training and x.shape[0] >= 4:\n            x = x * float('nan')"), "bypass", STAGE,
-        status("failed", "invalid predictions", "NaN")),
+        status("failed", "NaN or infinite")),
     "log_probabilities_above_zero": ("NaN / negative loss", at_import(
-        "torch.log_softmax = lambda t, dim=-1: torch.ones_like(t)"), "bypass", STAGE, status("rejected", "tampering")),
+        "torch.log_softmax = lambda t, dim=-1: torch.ones_like(t)"), "bypass", STAGE, forged),
     # --- the static policy is lint: a gadget walks past it, the layers behind it hold ------------------
     "gadget_os_system": ("private attribute chains", with_gadget(f"load('os').system('touch {MARK}-g')"),
                          "policy on", STAGE, refused("sandbox denied os.system")),
@@ -189,20 +206,29 @@ CASES = {
     "write_archive_from_c": ("file writes", at_import(
         f"torch.from_file({ARCHIVE!r}, shared=True, size=64, dtype=torch.uint8).fill_(0)"),
         "bypass", STAGE, refused("Permission denied")),
-    # --- checks that pass on one model and a different model scored -----------------------------------
+    # --- checks that pass on one model, and a different model scored ----------------------------------
     "leak_after_training_steps": ("checks-vs-scored model", in_forward(LEAK_AFTER_TRAINING), "bypass", STAGE,
                                   status("rejected", "not causal after training")),
     "leak_at_large_batches": ("checks-vs-scored model", in_forward(LEAK_AT_BATCH), "bypass", STAGE,
                               status("rejected", "not causal after training")),
+    "replay_answers_to_twins": ("checks-vs-scored model", attack("twin_memo.py"), "policy on", STAGE,
+                                status("rejected", "not causal after training")),
     "hidden_parameters": ("checks-vs-scored model", HIDE_PARAMETERS, "bypass", STAGE,
                           status("rejected", "parameter budget exceeded")),
+    "budget_counts_another_mixer": ("checks-vs-scored model", attack("budget_switch.py"), "policy on", STAGE,
+                                    status("rejected", "parameter budget exceeded")),
+    "cheap_path_for_the_probe": ("checks-vs-scored model", PROBE_AT_BATCH_ONE, "policy on",
+                                 STAGE.model_copy(update={"eval_batches": 2}),
+                                 status("rejected", "above the limit max_complexity_exponent = 1.5")),
     # --- report bombs ---------------------------------------------------------------------------------
     "nested_json_report": ("report bombs", write_frames(NESTED), "bypass", STAGE,
-                           status("failed", "broke the result protocol", "nests deeper")),
+                           status("failed", "broke the protocol", "nests deeper")),
     "huge_json_report": ("report bombs", write_frames(HUGE_JSON), "bypass", STAGE,
-                         status("failed", "broke the result protocol", "exceeds the limit")),
+                         status("failed", "broke the protocol", "exceeds the limit")),
+    "huge_numbers_and_shapes": ("report bombs", write_frames(HUGE_NUMBER), "bypass", STAGE,
+                                status("failed", "broke the protocol")),
     "garbage_on_the_channel": ("report bombs", write_frames(GARBAGE), "bypass", STAGE,
-                               status("failed", "broke the result protocol")),
+                               status("failed", "broke the protocol")),
     "huge_reason": ("report bombs", in_forward("raise RuntimeError('x' * (1 << 26))"), "bypass", STAGE,
                     lambda ev: refused("RuntimeError")(ev) or (None if len(ev.reason) <= 2100 else f"{len(ev.reason)} chars")),
     # --- exhaustion -----------------------------------------------------------------------------------
@@ -215,7 +241,7 @@ CASES = {
     "exhaust_threads": ("exhaustion", in_init("torch.set_num_threads(500)\n        torch.randn(2000, 2000) @ torch.randn(2000, 2000)"),
                         "bypass", STAGE, None),  # any outcome, as long as it ends and nothing survives
     "exhaust_memory": ("exhaustion", in_init("self.big = [torch.ones(10 ** 9) for _ in range(100)]"), "bypass", STAGE,
-                       status("killed", "memory limit")),
+                       status("killed", "out of memory")),
     "loop_forever": ("exhaustion", in_forward("while True: pass"), "bypass", SHORT, status("timeout", "timeout after 10 s")),
 }
 CLASSES = {c[0] for c in CASES.values()}
@@ -225,7 +251,8 @@ NULL = MIXER.format(top="", init="pass", forward="pass")
 
 def _run(name, code, mode, stage, server):
     fn = evaluate if mode == "policy on" else evaluate_sandboxed
-    return fn(name, code, 1, stage, 0, FS, SECRET, server=server)
+    settings = PROBED if name == "cheap_path_for_the_probe" else FS
+    return fn(name, code, 1, stage, 0, settings, SECRET, server=server)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +290,7 @@ def test_every_class_of_attack_is_covered():
     assert CLASSES >= {"forgery", "patched torch", "test-set regeneration", "data tampering", "NaN / negative loss",
                        "private attribute chains", "process creation", "setsid survivors", "sockets", "file reads",
                        "file writes", "checks-vs-scored model", "report bombs", "exhaustion"}
-    assert len(CASES) >= 35
+    assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[4] is not None))
@@ -281,10 +308,23 @@ def test_the_gadgets_pass_the_policy():
             assert check_policy(code) is None, name
 
 
-def test_tampered_training_data_only_hurts_the_tamperer(outcomes):
+def test_training_data_is_out_of_reach(outcomes):
     honest, tampered = outcomes["null/lm"], outcomes["zero_training_corpus"]
-    assert honest.status == "ok", honest.reason
-    assert tampered.status != "ok" or tampered.score < honest.score - 0.1, (tampered.score, honest.score)
+    assert honest.status == tampered.status == "ok", (honest.reason, tampered.reason)
+    # the corpus is not in the genome's process: "zeroing" it changed nothing the trainer used
+    assert tampered.metrics["predictions_sha256"] == honest.metrics["predictions_sha256"]
+
+
+def test_patches_in_the_workers_change_nothing_they_do_not_compute(outcomes):
+    """Patching torch, the dispatcher, the reply path or the harness's classes in a worker can only
+    change that worker's own computations, not the logits, log-probabilities or argmax (made by the
+    trainer) nor what the worker serves (bound before any genome code)."""
+    null = outcomes["null"]
+    for name in ("callback_rewrites_replies", "class_attribute_patch", "patched_argmax", "dispatcher_override",
+                 "regenerate_test_set", "log_probabilities_above_zero"):
+        ev = outcomes[name]
+        assert ev.status == "ok", (name, ev.reason)
+        assert ev.metrics["predictions_sha256"] == null.metrics["predictions_sha256"], name
 
 
 def test_thread_bomb_ends_and_leaves_nothing(outcomes):
@@ -326,4 +366,5 @@ def test_evaluator_survives(outcomes):
     assert before.status == after.status == "ok", (before.reason, after.reason)
     assert before.score == after.score and before.metrics["predictions_sha256"] == after.metrics["predictions_sha256"]
     assert all(before.metrics["containment"].values()), before.metrics["containment"]
+    assert before.metrics["causal_pairs"] >= 1  # answered by the second worker
     assert {ev.metrics["launch"] for n, ev in outcomes.items() if n != "left running" and "launch" in ev.metrics} == {"fork"}

@@ -1,6 +1,7 @@
-"""The engine's side of a sandboxed worker (fitness.sandbox.Channel), spawned and forked: every
-layer reported before any genome code, the deadline and a cancel end everything, how a worker
-ended is classified from the kernel's exit status, and nothing is left on disk or in cgroups."""
+"""The engine's side of an evaluation's processes (fitness.sandbox.Channel: the trainer and two
+sandboxed workers), spawned and forked: every layer of both workers reported before any genome
+code, the deadline and a cancel end everything, how a worker ended is classified from the
+kernel's exit status, and nothing is left on disk or in cgroups."""
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from genomes import SECRET, TINY_STAGE, ServerPool, at_import, in_forward
 FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=30, memory_mb=3072, cpu_s=60),
                      checks=CheckSettings(complexity_probe=False))
 JOB = {"code": "", "stage": StageSettings().model_dump(), "checks": FS.checks.model_dump(), "seed": 0,
-       "device": "cpu", "threads": 1}
+       "device": "cpu", "threads": 1, "gpu_memory_mb": None}
 
 
 @pytest.fixture(scope="module", params=["spawn", "fork"])
@@ -37,8 +38,9 @@ def test_every_layer_reported_before_the_genome(server):
         armed, _ = channel.receive()
         root = channel.root
         assert os.path.isdir(root)
-    assert armed["op"] == "armed"
-    assert {name for name, layer in armed["layers"].items() if layer["active"]} == set(LAYERS), armed["layers"]
+    assert armed["op"] == "armed" and len(armed["layers"]) == 2  # the worker that trains, the one that checks
+    for report in armed["layers"]:
+        assert {name for name, layer in report.items() if layer["active"]} == set(LAYERS), report
     assert not os.path.exists(root)
 
 
@@ -58,7 +60,7 @@ def test_cancel_kills_the_evaluation(server):
 
 def test_exit_without_answer_classified(server):
     ev = run(at_import("import os\nos._exit(3)"), server)
-    assert ev.status == "failed" and "exited (code 3) without answering" in ev.reason, ev.reason
+    assert ev.status == "failed" and "ended without answering (exit code 3)" in ev.reason, ev.reason
 
 
 def test_printing_goes_to_the_log_not_the_channel(server):
@@ -76,8 +78,8 @@ def test_receive_refuses_what_it_was_not_asked_for(server):
 
 def test_closed_channel_raises_closed(server):
     with Channel(FS.sandbox, 60, server=server) as channel:
-        channel.send({**JOB, "threads": "not a number"})  # the worker dies preparing the job
+        channel.send({**JOB, "threads": "not a number"})  # the trainer dies reading the job
         with pytest.raises(Closed):
             channel.receive()
         ended = channel.close(2.0)
-    assert ended.returncode not in (0, None) and "worker failed" in ended.log_tail
+    assert ended.trainer not in (0, None) and "ValueError" in ended.trainer_log
