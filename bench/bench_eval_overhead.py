@@ -39,7 +39,6 @@ from evo.seeds import load_seeds  # noqa: E402
 from fitness.evaluate import evaluate  # noqa: E402
 from fitness.executor import EvalJob  # noqa: E402
 from fitness.forkserver import ForkServer  # noqa: E402
-from fitness.genome_module import load_genome  # noqa: E402
 from fitness.sandbox import worker_env  # noqa: E402
 from fitness.settings import FitnessSettings  # noqa: E402
 from fitness.tasks import data_env, make_task  # noqa: E402
@@ -120,8 +119,7 @@ def main() -> None:
     for name in names:
         code = seeds[name]
         data_s = time_batches(settings, 0)
-        module = load_genome(code)
-        ref = train_and_score(lambda: module.Mixer(st.d_model, st.n_heads), st, 0, SECRET)
+        ref = train_and_score(code, st, 0, SECRET)
         for launch in launches:
             evs = []
             for _ in range(args.repeats):

@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evo.config import load_config  # noqa: E402
 from evo.seeds import load_seeds  # noqa: E402
-from fitness.genome_module import load_genome  # noqa: E402
 from fitness.secret import load_or_create  # noqa: E402
 from fitness.testset import train_and_score  # noqa: E402
 
@@ -43,9 +42,8 @@ def run(config: str, stage: int, names: list[str], overrides: list[str], train_s
     sources = dict(load_seeds())
     rows = []
     for name in names:
-        module = load_genome(sources[name])
         for seed in train_seeds or st.seeds:
-            m = train_and_score(lambda: module.Mixer(st.d_model, st.n_heads), st, seed, secret)
+            m = train_and_score(sources[name], st, seed, secret)
             acc, n = m["test_accuracy"], m["test_positions"]
             rows.append({"genome": name, "seed": seed, "T": st.seq_len, "kv": st.num_kv_pairs, "d": st.d_model,
                          "steps": st.steps, "lr": st.lr, "accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n),

@@ -126,35 +126,6 @@ def check_causality(mixer: nn.Module, x: torch.Tensor, checks: CheckSettings, rn
     return None
 
 
-def saved_activation_bytes(mixer: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct tensors autograd saves for backward in one forward (parameters
-    excluded): the activation memory training pays per layer, exact and allocator-independent
-    (a (T x T) attention matrix shows as T**2). Uses saved_tensors_hooks, not a dispatch mode,
-    which would import torch._dynamo (~2 s) in every fresh worker."""
-    params = {p.untyped_storage().data_ptr() for p in mixer.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = mixer(x.detach().requires_grad_(True))
-    del y
-    return sum(seen.values())
-
-
-def fit_exponent(lengths: list[int], values: list[float]) -> float:
-    """Least-squares slope of log(value) against log(length): cost ~ T**slope."""
-    xs = [math.log(t) for t in lengths]
-    ys = [math.log(max(v, 1e-12)) for v in values]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-
-
 def steepest_exponent(lengths: list[int], values: list[float]) -> float:
     """The largest log-log slope between consecutive lengths: growth as T**k somewhere in the range
     (a fit over all lengths would let the cheap projections at short T hide quadratic growth)."""
@@ -162,33 +133,26 @@ def steepest_exponent(lengths: list[int], values: list[float]) -> float:
     return max((y1 - y0) / (x1 - x0) for (x0, y0), (x1, y1) in zip(logs, logs[1:]))
 
 
-def complexity_verdict(lengths: list[int], times_s: dict[int, list[float]], activation_bytes: dict[int, int],
+def complexity_verdict(lengths: list[int], times_s: dict[int, list[float]],
                        checks: CheckSettings) -> tuple[dict, str | None]:
-    """How one forward's cost grows with T, from engine-timed round trips (`times_s`: several per
-    length; the lower quartile counts, since load only ever adds time) and the activation memory
-    the worker measured (`activation_bytes`, saved for backward: a (T x T) matrix shows as T**2).
-    Returns (metrics, reason or None). The memory exponent is the steepest segment (exact); the
-    time exponent a least-squares fit (wall time on a shared CPU is noisy); "scaling_exponent",
-    checked against max_complexity_exponent, is the larger of the memory exponent and the time
-    exponent less complexity_time_margin."""
+    """How the Mixer's forward cost grows with T, from CPU seconds measured outside its process
+    (`times_s`: several per length; the lower quartile counts, since contention only ever adds).
+    Returns (metrics, reason or None): "time_exponent" is the steepest log-log slope between
+    consecutive lengths; "scaling_exponent", checked against max_complexity_exponent, is it less
+    complexity_time_margin (CPU time on a shared machine is noisy)."""
     lengths = sorted(lengths)
     times = {t: statistics.quantiles(times_s[t], n=4)[0] if len(times_s[t]) >= 4 else min(times_s[t])
              for t in lengths}
-    time_k = fit_exponent(lengths, [times[t] for t in lengths])
-    mem_k = steepest_exponent(lengths, [max(1, activation_bytes.get(t, 1)) for t in lengths])
-    metrics = {
-        "forward_ms": {str(t): round(v * 1000, 3) for t, v in times.items()},
-        "activation_mib": {str(t): round(activation_bytes.get(t, 0) / 2 ** 20, 3) for t in lengths},
-        "time_exponent": round(time_k, 2), "memory_exponent": round(mem_k, 2),
-        "scaling_exponent": round(max(mem_k, time_k - checks.complexity_time_margin), 2),
-    }
+    time_k = steepest_exponent(lengths, [times[t] for t in lengths])
+    metrics = {"forward_ms": {str(t): round(v * 1000, 3) for t, v in times.items()},
+               "time_exponent": round(time_k, 2), "scaling_exponent": round(time_k - checks.complexity_time_margin, 2)}
     limit, k = checks.max_complexity_exponent, metrics["scaling_exponent"]
     if limit is None or k <= limit:
         return metrics, None
-    return metrics, (f"complexity: cost grows as T**{k:.2f} (activation-memory exponent {mem_k:.2f}, time exponent "
-                     f"{time_k:.2f}, at T = {', '.join(map(str, lengths))}), above the limit max_complexity_exponent = "
-                     f"{limit:g}; the mixer must be sub-quadratic, e.g. a recurrent or chunked form instead of a "
-                     f"(T x T) matrix")
+    return metrics, (f"complexity: cost grows as T**{time_k:.2f} (CPU time of the Mixer's forward at T = "
+                     f"{', '.join(map(str, lengths))}, less a margin of {checks.complexity_time_margin:g}: "
+                     f"T**{k:.2f}), above the limit max_complexity_exponent = {limit:g}; the mixer must be "
+                     f"sub-quadratic, e.g. a recurrent or chunked form instead of a (T x T) matrix")
 
 
 def run_checks(make_mixer, d_model: int, seq_len: int, checks: CheckSettings, seed: int,

@@ -32,6 +32,7 @@ from fitness.sandbox import Cancelled, Channel, Closed, Deadline, signal_reason
 from fitness.secret import fingerprint
 from fitness.settings import FitnessSettings, StageSettings
 from fitness.tasks import fetch, stage_task_names
+from fitness.train import training_seeds
 
 REASON_CHARS = 2000
 TRAINED = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer")
@@ -87,9 +88,9 @@ def evaluate_sandboxed(genome_id: str, code: str, stage: int, stage_settings: St
     fetch(st)  # downloads happen here, once, in the engine
     tests = {name: testset.build(st, name, secret, twins=fitness_settings.checks.causality)
              for name in stage_task_names(st)}
-    job = {"code": code, "stage": st.model_dump(), "checks": fitness_settings.checks.model_dump(), "seed": seed,
-           "device": device, "threads": fitness_settings.threads_per_worker,
-           "gpu_memory_mb": fitness_settings.sandbox.gpu_memory_mb}
+    job = {"code": code, "stage": st.model_dump(), "checks": fitness_settings.checks.model_dump(),
+           "seeds": training_seeds(secret, seed, list(tests)), "device": device,
+           "threads": fitness_settings.threads_per_worker, "gpu_memory_mb": fitness_settings.sandbox.gpu_memory_mb}
     env = {**data_env(), **(env or {})}
     run = _Run(fitness_settings, st, job, tests, device, env, cancel)
     try:
@@ -222,7 +223,13 @@ class _Run:
             self.metrics["test_wall_s"] = round(self.metrics.get("test_wall_s", 0) + time.monotonic() - t0, 3)
             scores[name] = metrics["score"]
             self.metrics.update({f"{name}/{k}" if several else k: v for k, v in metrics.items()})
-            if not metrics["causal_after_training"] and self.settings.checks.causality:
+            if not metrics["reproducible"]:
+                raise _Verdict("rejected", (
+                    f"not reproducible: on {name}, a second process with the same trained parameters answered "
+                    f"copies of scored test sequences differently (log-probabilities differ by up to "
+                    f"{metrics['reproduce_max_diff']:.3g}, tolerance {self.settings.checks.trained_tolerance:g}); the "
+                    f"Mixer's output may depend only on its input and its parameters"))
+            if not metrics["causal_after_training"]:
                 raise _Verdict("rejected", (
                     f"not causal after training: on {name}, a test sequence and its copy that differs only after a "
                     f"secret position t, answered by two separate processes from the same trained parameters, got "
@@ -257,21 +264,25 @@ class _Run:
         return tests.score(outputs, self.settings.checks.trained_tolerance)
 
     def _complexity(self, channel: Channel) -> None:
+        """Forward passes at the stage's length and the probe's, served by the worker that answered
+        the copies and twins; each costed by the CPU time the kernel counts for that worker (the
+        trainer's wait for it where the kernel does not say)."""
         from fitness.checks import complexity_verdict
 
         checks = self.settings.checks
         lengths = sorted({self.stage.seq_len, *checks.complexity_lengths})
-        memory: dict[int, int] = {}
+        replica = 1 if checks.causality else 0
         times: dict[int, list[float]] = {t: [] for t in lengths}
-        for round_ in range(checks.complexity_repeats + 1):  # the first round warms up and measures memory
+        for round_ in range(checks.complexity_repeats + 1):  # the first round warms up
             for length in lengths:
-                channel.send({"op": "time", "length": length, "rows": PROBE_ROWS, "memory": round_ == 0})
-                reply, _ = self._reply(channel, "timed")
-                if round_ == 0:
-                    memory[length] = int(protocol.number(reply.get("activation_bytes"), 0, 1e15))
-                else:
-                    times[length].append(protocol.number(reply.get("seconds"), 0, 1e6))
-        metrics, reason = complexity_verdict(lengths, times, memory, checks)
+                before = channel.worker_cpu_s(replica)
+                channel.send({"op": "probe", "length": length, "rows": PROBE_ROWS})
+                reply, _ = self._reply(channel, "probed")
+                after = channel.worker_cpu_s(replica)
+                waited = protocol.number(reply.get("seconds"), 0, 1e6)
+                if round_:
+                    times[length].append(after - before if before is not None and after is not None else waited)
+        metrics, reason = complexity_verdict(lengths, times, checks)
         self.metrics["complexity"] = metrics
         if reason:
             raise _Verdict("rejected", reason)

@@ -199,6 +199,18 @@ class Channel:
                                 stderr=child.fds[2], cwd=child.cwd, env=env, start_new_session=True,
                                 close_fds=True, pass_fds=extra)
 
+    def worker_cpu_s(self, replica: int) -> float | None:
+        """CPU seconds the worker `replica` has used so far, read by this process from the kernel
+        (the worker is its launcher's only child); None where the kernel does not say."""
+        launcher = self.pids[replica + (len(self.pids) - len(self.specs))]
+        try:
+            with open(f"/proc/{launcher}/task/{launcher}/children") as f:
+                (worker,) = f.read().split()
+            return sum(int(open(f"/proc/{worker}/task/{t}/schedstat").read().split()[0])
+                       for t in os.listdir(f"/proc/{worker}/task")) / 1e9
+        except (OSError, ValueError):
+            return None
+
     # ---- talk ----------------------------------------------------------------------------------
 
     def _wait(self, fd: int, write: bool) -> None:

@@ -103,16 +103,18 @@ class CheckSettings(BaseModel):
     )
     trained_tolerance: float = Field(
         5e-3, gt=0, le=1.0,
-        description="Largest allowed difference of the trained model's log-probabilities between a test sequence and "
-        "its copy with other tokens after a secret position t, at positions <= t (the engine compares them).",
+        description="Largest allowed difference of the trained model's log-probabilities between a scored test "
+        "sequence and its exact copy, or its twin with other tokens after a secret position t (at positions <= t), "
+        "answered by a second worker from the trained parameters; the engine compares them.",
     )
     complexity_probe: bool = Field(
-        True, description="After training, time forward passes of the trained Mixer at the stage's sequence length "
-        "and complexity_lengths (round trips timed by the engine) and report the fitted scaling exponents.",
+        True, description="After scoring, time forward passes of the trained Mixer at the stage's sequence length "
+        "and complexity_lengths (CPU time of its worker, counted by the kernel and read by the engine) and report "
+        "how the cost grows.",
     )
     complexity_lengths: list[int] = Field(
         default_factory=lambda: [256, 512, 1024], min_length=1, max_length=16,
-        description="Sequence lengths of the complexity probe besides the stage's own (batch 1, d_model of the "
+        description="Sequence lengths of the complexity probe besides the stage's own (8 rows, d_model of the "
         "stage); long enough that quadratic attention shows over the projections.",
     )
     complexity_repeats: int = Field(
@@ -120,9 +122,9 @@ class CheckSettings(BaseModel):
     )
     max_complexity_exponent: float | None = Field(
         None, gt=0, le=10,
-        description="Reject a mixer whose fitted exponent exceeds this, e.g. 1.5 to demand sub-quadratic "
-        "mixers. The exponent is the larger of the activation-memory exponent (exact) and the time "
-        "exponent less complexity_time_margin. None: report only.",
+        description="Reject a mixer whose cost exponent exceeds this, e.g. 1.5 to demand sub-quadratic mixers. "
+        "The exponent is the steepest growth of the probe's CPU time between consecutive lengths, less "
+        "complexity_time_margin. None: report only.",
     )
     complexity_time_margin: float = Field(
         0.4, ge=0, le=10,

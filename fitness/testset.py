@@ -5,9 +5,12 @@ test inputs, never the labels, and never computes a number the engine keeps.
 engine's secret (fitness.secret), so nothing in the sandbox can regenerate them, while every
 genome of a run (and of paired runs) gets the same test. It adds causality probes: for some
 rows a twin whose inputs equal the row's up to a secret position t and differ after it (the
-task's `continue_after`). Twins are unscored and go in batches of their own, answered by the
-second worker (replica 1), which never sees the originals: two processes with the same
-trained parameters, neither of which can see the other's rows. t is one of the row's scored
+task's `continue_after`), and for as many other rows an exact copy. Twins and copies are
+unscored and go in batches of their own, answered by the second worker (replica 1), a fresh
+process that has only the trained parameters and never sees the originals. A copy must get the
+same answers as its scored original at every requested position (an output that depends on
+state the parameters do not carry, e.g. a model trained on the side, differs); a twin at
+positions <= t (a look-ahead differs). t is one of the row's scored
 positions where it has one before its end (so a look-ahead of a single token shows at t); else
 it is an interior position that both rows then ask for, and as many other rows of the first
 worker's batches ask for an unscored decoy position. Rows are shuffled with a secret
@@ -35,7 +38,7 @@ import torch
 from fitness.secret import derive_seed
 from fitness.tasks import task_class
 
-TWIN_FRACTION = 8  # one twin per this many rows (at least one per batch)
+TWIN_FRACTION = 8  # one twin, and one copy, per this many rows (at least one each per batch)
 LOGP_SLACK = 1e-3  # float32 rounding allowed above 0 for a log-probability / probability mass
 
 
@@ -67,7 +70,8 @@ class TestSet:
     requests: list[Request]
     label_slot: list[np.ndarray]  # per request (N,): index of the target among the candidates; -1 unscored
     label_token: list[np.ndarray]  # per request (N,): target token id; -1 unscored
-    twins: list[tuple[int, np.ndarray, int, np.ndarray]]  # (batch a, entries a, batch b, entries b) compared
+    twins: list[tuple[int, np.ndarray, int, np.ndarray]]  # (request a, entries a, request b, entries b) compared
+    copies: list[tuple[int, np.ndarray, int, np.ndarray]]  # the same for exact copies of scored rows
     metrics: Callable[[float, float], dict]  # the task's score and metrics from (mean loss, accuracy)
 
     def check_outputs(self, index: int, logp: np.ndarray, argmax: np.ndarray) -> str | None:
@@ -96,33 +100,41 @@ class TestSet:
 
         "score" (the task's, higher is better), "test_accuracy", "test_loss" (mean nats at the
         scored positions), "test_positions", "causal_after_training" with the largest
-        log-probability difference of any twin pair ("causal_max_diff") against `tolerance`, and
-        "predictions_sha256" (equal for two models only if they answered bit for bit alike)."""
+        log-probability difference of any twin pair ("causal_max_diff") against `tolerance`,
+        "reproducible" with the largest difference between a scored row and its copy answered by
+        the second worker ("reproduce_max_diff"), and "predictions_sha256" (equal for two models
+        only if they answered bit for bit alike)."""
         nll, hits, n = 0.0, 0, 0
         for (logp, argmax), slot, token in zip(outputs, self.label_slot, self.label_token):
             scored = slot >= 0
             nll -= float(logp[scored, slot[scored]].astype(np.float64).sum())
             hits += int((argmax[scored] == token[scored]).sum())
             n += int(scored.sum())
-        worst, first_bad = 0.0, None
-        for a, ea, b, eb in self.twins:
-            (la, aa), (lb, ab) = outputs[a], outputs[b]
-            diff = float(np.abs(la[ea] - lb[eb]).max()) if len(ea) else 0.0
-            flipped = bool((aa[ea] != ab[eb]).any())
-            if diff > worst:
-                worst = diff
-            if (diff > tolerance or flipped) and first_bad is None:
-                first_bad = diff
+        causal, causal_diff = _agree(outputs, self.twins, tolerance)
+        reproducible, reproduce_diff = _agree(outputs, self.copies, tolerance)
         loss, accuracy = nll / n, hits / n
         digest = hashlib.sha256()
         for logp, argmax in outputs:
             digest.update(logp.tobytes())
             digest.update(argmax.tobytes())
         out = {"test_loss": loss, "test_accuracy": accuracy, "test_positions": n,
-               "causal_after_training": first_bad is None, "causal_max_diff": worst, "causal_pairs": len(self.twins),
+               "causal_after_training": causal, "causal_max_diff": causal_diff, "causal_pairs": len(self.twins),
+               "reproducible": reproducible, "reproduce_max_diff": reproduce_diff, "copies": len(self.copies),
                "predictions_sha256": digest.hexdigest()[:16]}
         out.update(self.metrics(loss, accuracy))
         return out
+
+
+def _agree(outputs: list, pairs: list, tolerance: float) -> tuple[bool, float]:
+    """Whether every pair gave the same log-probabilities (within tolerance) and argmax at its
+    compared entries, and the largest difference seen."""
+    worst, ok = 0.0, True
+    for a, ea, b, eb in pairs:
+        (la, aa), (lb, ab) = outputs[a], outputs[b]
+        diff = float(np.abs(la[ea] - lb[eb]).max()) if len(ea) else 0.0
+        worst = max(worst, diff)
+        ok = ok and diff <= tolerance and not bool((aa[ea] != ab[eb]).any())
+    return ok, worst
 
 
 def _stage_key(stage) -> str:
@@ -148,25 +160,28 @@ def _build(stage_json: str, task_name: str, secret: bytes, twins: bool = True) -
     gen = torch.Generator().manual_seed(seed)
     batches = task.test_batches(gen, stage.batch_size, stage.eval_batches)
     rows = [[(b.inputs[i], b.targets[i], b.mask[i].clone(), True) for i in range(len(b.inputs))] for b in batches]
-    pairs = []  # (batch a, row a, batch b, row b, t)
+    pairs = []  # (batch a, row a, batch b, row b, last compared position t, "twin" | "copy")
     n_twins = max(1, stage.batch_size // TWIN_FRACTION) if twins else 0
-    twin_batch: dict[int, int] = {}  # length -> the batch of twins of that length, for the second worker
+    checks_batch: dict[int, int] = {}  # length -> the batch of twins and copies of that length (second worker)
     for a, batch in enumerate(batches):
-        for i in torch.randperm(len(batch.inputs), generator=gen)[:n_twins].tolist():
+        picked = torch.randperm(len(batch.inputs), generator=gen)[:2 * n_twins].tolist()
+        for k, i in enumerate(picked):
             inputs, targets, mask, _ = rows[a][i]
             length = len(inputs)
-            # t is a scored position where one exists before the end (MQAR: a query), so a look-ahead of
-            # one token already shows there; else (LM) any interior position, which both rows then ask for
-            inner = [p for p in mask.nonzero().flatten().tolist() if p < length - 1]
-            t = inner[int(torch.randint(len(inner), (1,), generator=gen))] if inner else \
-                int(torch.randint(1, length - 1, (1,), generator=gen))
-            twin = task.continue_after(inputs, mask, t, gen)
-            if length not in twin_batch:
-                twin_batch[length] = len(rows)
+            if k < n_twins:  # a twin: t is a scored position where one exists before the end (MQAR: a
+                # query), so a look-ahead of one token shows there; else (LM) an interior position, asked for
+                inner = [p for p in mask.nonzero().flatten().tolist() if p < length - 1]
+                t = inner[int(torch.randint(len(inner), (1,), generator=gen))] if inner else \
+                    int(torch.randint(1, length - 1, (1,), generator=gen))
+                kind, row = "twin", task.continue_after(inputs, mask, t, gen)
+            else:  # an exact copy of the scored row, compared at every requested position
+                kind, row, t = "copy", inputs.clone(), length - 1
+            if length not in checks_batch:
+                checks_batch[length] = len(rows)
                 rows.append([])
-            b = twin_batch[length]
-            rows[b].append((twin, torch.full_like(targets, -100), mask.clone(), False))
-            pairs.append((a, i, b, len(rows[b]) - 1, t))
+            b = checks_batch[length]
+            rows[b].append((row, torch.full_like(targets, -100), mask.clone(), False))
+            pairs.append((a, i, b, len(rows[b]) - 1, t, kind))
     replicas = [0] * len(batches) + [1] * (len(rows) - len(batches))
     extra = _ask_at_probe_positions(rows, pairs, len(batches), gen)
     return _assemble(task, task_name, rows, replicas, pairs, extra, gen)
@@ -178,8 +193,8 @@ def _ask_at_probe_positions(rows, pairs, n_base: int, gen) -> dict[tuple[int, in
     for a random unscored decoy, so the originals' requests do not stand out there."""
     extra: dict[tuple[int, int], set[int]] = {}
     added = 0
-    for a, i, b, j, t in pairs:
-        if not rows[a][i][2][: t + 1].any():
+    for a, i, b, j, t, kind in pairs:
+        if kind == "twin" and not rows[a][i][2][: t + 1].any():
             extra.setdefault((a, i), set()).add(t)
             extra.setdefault((b, j), set()).add(t)
             added += 1
@@ -224,43 +239,37 @@ def _assemble(task, task_name, rows, replicas, pairs, extra, gen) -> TestSet:
                                 None if cand is None else cand.to(torch.int32).numpy(), replicas[a]))
         slots.append(slot.numpy().astype(np.int64))
         tokens.append(token.numpy().astype(np.int64))
-    twins = []
-    for a, i, b, j, t in pairs:
+    compared: dict[str, list] = {"twin": [], "copy": []}
+    for a, i, b, j, t, kind in pairs:
         ra, ea = where[(a, i)]
         rb, eb = where[(b, j)]
         common = sorted(p for p in ea if p <= t and p in eb)
-        twins.append((ra, np.array([ea[p] for p in common], dtype=np.int64),
-                      rb, np.array([eb[p] for p in common], dtype=np.int64)))
-    return TestSet(task_name, task.vocab_size, requests, slots, tokens, twins, task.metrics)
+        compared[kind].append((ra, np.array([ea[p] for p in common], dtype=np.int64),
+                               rb, np.array([eb[p] for p in common], dtype=np.int64)))
+    return TestSet(task_name, task.vocab_size, requests, slots, tokens, compared["twin"], compared["copy"],
+                   task.metrics)
 
 
-def score_model(model, tests: TestSet, tolerance: float, device: str = "cpu") -> dict:
-    """Score a trained model in this process (trusted code only: benchmarks and tests of the
-    harness itself; genomes are scored through the sandbox by fitness.evaluate)."""
-    from fitness.train import predict
-
-    outputs = []
-    for req in tests.requests:
-        candidates = None if req.candidates is None else torch.from_numpy(req.candidates.astype(np.int64))
-        logp, argmax = predict(model, torch.from_numpy(req.inputs.astype(np.int64)),
-                               torch.from_numpy(req.request.astype(bool)), candidates, device)
-        outputs.append((logp.numpy(), argmax.numpy()))
-    return tests.score(outputs, tolerance)
-
-
-def train_and_score(make_mixer, stage, seed: int, secret: bytes, device: str = "cpu", tolerance: float = 5e-3) -> dict:
-    """Train on each task of `stage` and score on its test set, all in this process (trusted code
-    only: benchmarks and tests of the harness). A task mix gives "NAME/<metric>" per task and the
-    weighted mean "score", as fitness.evaluate does."""
+def train_and_score(code: str, stage, seed: int, secret: bytes, checks=None, device: str = "cpu") -> dict:
+    """Train a genome's Mixers on each task of `stage` and score them on its test set, all in this
+    process with the same trainer an evaluation uses (trusted code only: benchmarks and tests of
+    the harness; genomes are evaluated through the sandbox by fitness.evaluate). A task mix gives
+    "NAME/<metric>" per task and the weighted mean "score", as fitness.evaluate does."""
+    from fitness.settings import CheckSettings
     from fitness.tasks import stage_task_names
-    from fitness.train import train_model
+    from fitness.train import LocalMixers, Trainer, training_seeds
 
+    checks = checks or CheckSettings(complexity_probe=False)
     names = stage_task_names(stage)
+    mixers = LocalMixers(code, stage.d_model, stage.n_heads, stage.seq_len, checks, device)
+    trainer = Trainer(stage, checks, device, training_seeds(secret, seed, names), mixers)
     weights = stage.tasks or {stage.task: 1.0}
     out, score = {}, 0.0
     for name in names:
-        model, metrics = train_model(make_mixer, stage.model_copy(update={"task": name, "tasks": None}), seed, device)
-        metrics.update(score_model(model, build(stage, name, secret), tolerance, device))
+        metrics = trainer.train(name)
+        tests = build(stage, name, secret, twins=False)
+        outputs = [trainer.predict(0, r.inputs, r.request, r.candidates) for r in tests.requests]
+        metrics.update(tests.score(outputs, checks.trained_tolerance))
         if len(names) == 1:
             return metrics
         out.update({f"{name}/{k}": v for k, v in metrics.items()})

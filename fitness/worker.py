@@ -13,18 +13,17 @@ own layers (private mounts, an unprivileged user, Landlock, seccomp), arms the a
 with clear messages) and reports every layer (`armed`) before any genome code exists in the
 process. Then it answers the trainer:
 
-- `check` -> `checked`: the structural checks on a fresh Mixer (fitness.checks), with the
-  parameter count they saw (reported: the trainer counts the parameters it trains itself);
-- `build` {layer} + rng -> `built` {shapes} + parameters + rng: the layer's Mixer built from
-  the trainer's RNG state (layer 0 starts a fresh model);
-- `rng` + rng: the RNG state training goes on with (dropout inside a Mixer);
+- `check` {seed} -> `checked`: the structural checks on a fresh Mixer (fitness.checks), with
+  the parameter count they saw (reported: the trainer counts the parameters it trains itself);
+- `build` {layer, seed} -> `built` {shapes} + parameters: the layer's Mixer built from the seed
+  (layer 0 starts a fresh model);
+- `start` {seed}: the seed of the random numbers a Mixer draws in training (dropout);
 - `mode` {train}; `fwd` {layer, grad, params} + x (+ parameters when they changed) -> `y`;
   `bwd` {layer} + dy -> `grads` (dx, and the parameters' gradients);
-- `memory` {layer} + x -> `memory` {bytes}: activation memory saved for backward (reported);
 - `bye` -> exit.
 
-The worker never sees a token id, a label or the engine: only activations, gradients and
-parameters. Everything it sends is checked by the trainer.
+The worker never sees a token id, a label, a training seed or the engine: only activations,
+gradients, parameters and seeds derived for it. Everything it sends is checked by the trainer.
 """
 from __future__ import annotations
 
@@ -149,8 +148,8 @@ class MixerServer:
     def run(self) -> None:
         """Answer until `bye`: every reply is written by this loop, bound before any genome code ran."""
         read, write, out, exit_ = protocol.read_frame, protocol.write_frame, self.out, os._exit
-        handlers = {"check": self.check, "build": self.build, "rng": self.rng, "mode": self.mode, "fwd": self.fwd,
-                    "bwd": self.bwd, "memory": self.memory}
+        handlers = {"check": self.check, "build": self.build, "start": self.start, "mode": self.mode,
+                    "fwd": self.fwd, "bwd": self.bwd}
         failure = self._failure
         while True:
             message, arrays = read(0)
@@ -189,7 +188,7 @@ class MixerServer:
         from fitness.checks import run_checks
 
         metrics = run_checks(self._make_mixer, self.job["d_model"], self.job["seq_len"], self.checks,
-                             int(self.job["seed"]), self.device)
+                             int(message["seed"]), self.device)
         return {"op": "checked", "reported": metrics}, None
 
     def _parameters(self, mixer) -> list:
@@ -205,22 +204,21 @@ class MixerServer:
         import random
 
         torch = self.torch
-        layer = int(message["layer"])
+        layer, seed = int(message["layer"]), int(message["seed"])
         if layer == 0:
             self.mixers, self.graphs = {}, {}
-            random.seed(int(self.job["seed"]))
-        torch.set_rng_state(torch.from_numpy(arrays["rng"].copy()))
+            random.seed(seed)
+        torch.manual_seed(seed)
         mixer = self._make_mixer()
         if not isinstance(mixer, torch.nn.Module):
             raise TypeError(f"Mixer(d_model, n_heads) must build an nn.Module, got {type(mixer).__name__}")
         self.mixers[layer] = mixer.to(self.device)
         params = self._parameters(mixer)
         out = {f"p{i}": p.detach().float().cpu().numpy() for i, p in enumerate(params)}
-        out["rng"] = torch.get_rng_state().numpy()
         return {"op": "built", "shapes": [list(p.shape) for p in params]}, out
 
-    def rng(self, message: dict, arrays: dict) -> tuple[dict, None]:
-        self.torch.set_rng_state(self.torch.from_numpy(arrays["rng"].copy()))
+    def start(self, message: dict, arrays: dict) -> tuple[dict, None]:
+        self.torch.manual_seed(int(message["seed"]))
         return {"op": "ok"}, None
 
     def mode(self, message: dict, arrays: dict) -> tuple[dict, None]:
@@ -264,12 +262,6 @@ class MixerServer:
         out = {"dx": (grads[0] if grads[0] is not None else torch.zeros_like(x)).detach().float().cpu().numpy()}
         out.update({f"g{i}": g.detach().float().cpu().numpy() for i, g in enumerate(grads[1:]) if g is not None})
         return {"op": "grads"}, out
-
-    def memory(self, message: dict, arrays: dict) -> tuple[dict, None]:
-        from fitness.checks import saved_activation_bytes
-
-        x = self.torch.from_numpy(arrays["x"].copy()).to(self.device)
-        return {"op": "memory", "bytes": int(saved_activation_bytes(self.mixers[int(message["layer"])], x))}, None
 
 
 if __name__ == "__main__":

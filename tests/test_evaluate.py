@@ -44,7 +44,7 @@ def test_same_secret_same_score_other_secret_other_test():
     assert a.metrics["predictions_sha256"] == b.metrics["predictions_sha256"] and a.score == b.score
     assert a.metrics["test_set"] == b.metrics["test_set"] != c.metrics["test_set"]
     assert a.metrics["predictions_sha256"] != c.metrics["predictions_sha256"]
-    assert a.metrics["train_loss"] == c.metrics["train_loss"]  # training is public: only the test differs
+    assert a.metrics["train_loss"] == b.metrics["train_loss"] != c.metrics["train_loss"]  # training data: secret too
 
 
 def test_check_rejection_stored_with_reason():
@@ -69,7 +69,7 @@ def test_complexity_timed_by_the_engine():
     assert conv.status == "ok", conv.reason
     c = conv.metrics["complexity"]
     assert set(c["forward_ms"]) == {"32", "256", "512", "1024"}  # the stage's length and the probe's
-    assert c["memory_exponent"] < 1.2 and c["scaling_exponent"] <= 1.5, c
+    assert c["time_exponent"] < 1.6 and c["scaling_exponent"] <= 1.5, c
 
 
 def test_task_mix_scored_per_task():

@@ -34,7 +34,7 @@ FORGE_BAR = 0.5  # the null mixer scores ~0 at this stage; a forged score would 
 
 FS = FitnessSettings(device="cpu", sandbox=SandboxSettings(timeout_s=40, memory_mb=3072, cpu_s=80),
                      checks=CheckSettings(complexity_probe=False))
-PROBED = FS.model_copy(update={"checks": CheckSettings(complexity_lengths=[128, 256], complexity_repeats=3,
+PROBED = FS.model_copy(update={"checks": CheckSettings(complexity_lengths=[256, 512, 1024], complexity_repeats=3,
                                                       max_complexity_exponent=1.5)})
 STAGE = TINY_STAGE.model_copy(update={"steps": 20})
 SHORT = STAGE.model_copy(update={"timeout_s": 10.0})
@@ -84,23 +84,27 @@ PROBE_AT_BATCH_ONE = SOFTMAX.replace("        b, t, d = x.shape\n", "        b, 
                                      "            return self.out(self.qkv(x)[..., :d])\n", 1)
 HUGE_NUMBER = ('frame({"op": "checked", "reported": {"params_mixer_layer": 1' + '0' * 400 + '}}) + '
                'frame({"op": "built", "shapes": [[1]], "arrays": [["p0", "float32", [2 ** 30, 2 ** 30, 16]]]})')
-REGENERATE = """import sys
-from fitness.tasks.mqar import MQAR
-gen = torch.Generator().manual_seed(20250101)  # the test seed of fitness protocol 1
+REGENERATE = """from fitness.tasks.mqar import MQAR
 table = {}
-for _ in range(8):
+for seed in [20250101, 0, 1, 2]:  # protocol 1's test seed, and the usual training seeds
+    gen = torch.Generator().manual_seed(seed)
     b = MQAR(256, 32, 2).make_batch(gen, 8)
     for row, target, mask in zip(b.inputs, b.targets, b.mask):
-        table[tuple(row.tolist())] = target[mask].tolist()
-train = sys.modules["fitness.train"]
-honest = train.predict
-def lookup(model, inputs, request, candidates, device):
-    logp, argmax = honest(model, inputs, request, candidates, device)
-    answers = [a for row in inputs for a in table.get(tuple(row.tolist()), [])]
-    if len(answers) == len(argmax):
-        argmax[:] = torch.tensor(answers, dtype=torch.int32)
-    return logp, argmax
-train.predict = lookup"""
+        table[tuple(row.tolist())] = target[mask].tolist()"""  # and then? the worker never sees a token
+GUESS_THE_TRAINING_SEED = """
+class Probe(nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        import random
+        state = random.getstate()
+        for s in range(1000):  # the Mixer is built right after random.seed(...): was it a small seed?
+            if random.Random(s).getstate() == state or torch.initial_seed() == s:
+                raise RuntimeError(f"FOUND the training seed {s}: its batches and labels can be rebuilt")
+        self.proj = nn.Linear(d_model, d_model)
+    def forward(self, x):
+        return self.proj(x)
+Mixer = Probe
+"""
 ZERO_CORPUS = """import sys
 for data in sys.modules["fitness.tasks.shakespeare"]._LOADED.values():
     data.zero_()"""
@@ -125,6 +129,14 @@ def refused(*fragments):
             return f"status {ev.status}, score {ev.score}"
         missing = [f for f in fragments if f not in ev.reason]
         return f"reason lacks {missing}" if missing else None
+    return check
+
+
+def rejected_as_either(*reasons):
+    """Rejected, the reason holding one of `reasons` (a model may fail more than one check)."""
+    def check(ev):
+        problem = status("rejected")(ev)
+        return problem or (None if any(r in ev.reason for r in reasons) else f"reason lacks any of {reasons}")
     return check
 
 
@@ -154,6 +166,8 @@ CASES = {
         "torch.log_softmax = lambda t, dim: torch.zeros_like(t)"), "bypass", STAGE, forged),
     "dispatcher_override": ("patched torch", at_import(DISPATCHER), "bypass", STAGE, forged),
     "regenerate_test_set": ("test-set regeneration", at_import(REGENERATE), "bypass", STAGE, forged),
+    "guess_the_training_seed": ("test-set regeneration", at_import(GUESS_THE_TRAINING_SEED), "bypass", STAGE,
+                                lambda ev: None if ev.status == "ok" else f"{ev.status}: {ev.reason}"),
     "zero_training_corpus": ("data tampering", at_import(ZERO_CORPUS), "bypass", LM, None),  # compared below
     "nan_at_test_time": ("NaN / negative loss", in_forward(
         "if not self.training and x.shape[0] >= 4:\n            x = x * float('nan')"), "bypass", STAGE,
@@ -208,18 +222,25 @@ CASES = {
         "bypass", STAGE, refused("Permission denied")),
     # --- checks that pass on one model, and a different model scored ----------------------------------
     "leak_after_training_steps": ("checks-vs-scored model", in_forward(LEAK_AFTER_TRAINING), "bypass", STAGE,
-                                  status("rejected", "not causal after training")),
+                                  rejected_as_either("not causal after training", "not reproducible")),
     "leak_at_large_batches": ("checks-vs-scored model", in_forward(LEAK_AT_BATCH), "bypass", STAGE,
-                              status("rejected", "not causal after training")),
+                              rejected_as_either("not causal after training", "not reproducible")),
     "replay_answers_to_twins": ("checks-vs-scored model", attack("twin_memo.py"), "policy on", STAGE,
-                                status("rejected", "not causal after training")),
+                                rejected_as_either("not causal after training", "not reproducible")),
     "hidden_parameters": ("checks-vs-scored model", HIDE_PARAMETERS, "bypass", STAGE,
                           status("rejected", "parameter budget exceeded")),
+    "hidden_model_at_the_scored_position": ("checks-vs-scored model", attack("hidden_model_at_the_scored_position.py"),
+                                            "policy on", LM, status("rejected", "not reproducible")),
+    "supervised_by_rebuilt_labels": ("test-set regeneration", attack("supervised_by_rebuilt_labels.py"), "policy on",
+                                     STAGE, forged),
     "budget_counts_another_mixer": ("checks-vs-scored model", attack("budget_switch.py"), "policy on", STAGE,
                                     status("rejected", "parameter budget exceeded")),
     "cheap_path_for_the_probe": ("checks-vs-scored model", PROBE_AT_BATCH_ONE, "policy on",
                                  STAGE.model_copy(update={"eval_batches": 2}),
                                  status("rejected", "above the limit max_complexity_exponent = 1.5")),
+    "cheap_after_the_probe_starts": ("checks-vs-scored model", attack("cheap_after_the_probe_starts.py"), "policy on",
+                                     STAGE.model_copy(update={"eval_batches": 2}),
+                                     status("rejected", "above the limit max_complexity_exponent = 1.5")),
     # --- report bombs ---------------------------------------------------------------------------------
     "nested_json_report": ("report bombs", write_frames(NESTED), "bypass", STAGE,
                            status("failed", "broke the protocol", "nests deeper")),
@@ -251,7 +272,7 @@ NULL = MIXER.format(top="", init="pass", forward="pass")
 
 def _run(name, code, mode, stage, server):
     fn = evaluate if mode == "policy on" else evaluate_sandboxed
-    settings = PROBED if name == "cheap_path_for_the_probe" else FS
+    settings = PROBED if name.startswith("cheap_") else FS
     return fn(name, code, 1, stage, 0, settings, SECRET, server=server)
 
 

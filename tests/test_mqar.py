@@ -53,13 +53,11 @@ def test_test_side_candidates_and_twins():
 
 def _train(name: str, stage) -> float:
     from evo.seeds import load_seeds
-    from fitness.genome_module import load_genome
     from fitness.testset import train_and_score
     from genomes import SECRET
 
     torch.set_num_threads(1)  # as in the sandbox
-    module = load_genome(dict(load_seeds())[name])
-    return train_and_score(lambda: module.Mixer(stage.d_model, stage.n_heads), stage, 0, SECRET)["score"]
+    return train_and_score(dict(load_seeds())[name], stage, 0, SECRET)["score"]
 
 
 @pytest.mark.slow

@@ -21,10 +21,7 @@ from genomes import SECRET
 SEEDS = Path(__file__).resolve().parents[1] / "evo" / "seeds"
 
 
-def softmax_mixer(d_model, n_heads):
-    namespace: dict = {}
-    exec(compile((SEEDS / "softmax_attention.py").read_text(), "softmax_attention.py", "exec"), namespace)
-    return lambda: namespace["Mixer"](d_model, n_heads)
+SOFTMAX = (SEEDS / "softmax_attention.py").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +129,8 @@ def tiny(**kw):
 
 def test_training_lowers_the_loss_and_scores_bits_per_byte(corpus):
     torch.set_num_threads(1)
-    mixer = softmax_mixer(32, 2)
-    before = train_and_score(mixer, tiny(steps=1, lr=1e-6), 0, SECRET)
-    after = train_and_score(mixer, tiny(steps=40), 0, SECRET)
+    before = train_and_score(SOFTMAX, tiny(steps=1, lr=1e-6), 0, SECRET)
+    after = train_and_score(SOFTMAX, tiny(steps=40), 0, SECRET)
     for m in (before, after):
         assert m["test_bpb"] == pytest.approx(m["test_nats"] / math.log(2))
         assert m["score"] == pytest.approx(1 - m["test_bpb"] / 8)
@@ -146,10 +142,9 @@ def test_training_lowers_the_loss_and_scores_bits_per_byte(corpus):
 
 def test_weighted_task_mix(corpus):
     torch.set_num_threads(1)
-    mixer = softmax_mixer(32, 2)
     kw = dict(vocab_size=64, num_kv_pairs=2, steps=5)
-    mix = train_and_score(mixer, tiny(tasks={"mqar": 1.0, "shakespeare": 3.0}, **kw), 0, SECRET)
-    alone = {name: train_and_score(mixer, tiny(task=name, **kw), 0, SECRET) for name in ("mqar", "shakespeare")}
+    mix = train_and_score(SOFTMAX, tiny(tasks={"mqar": 1.0, "shakespeare": 3.0}, **kw), 0, SECRET)
+    alone = {name: train_and_score(SOFTMAX, tiny(task=name, **kw), 0, SECRET) for name in ("mqar", "shakespeare")}
     assert mix["mqar/test_accuracy"] == alone["mqar"]["test_accuracy"]  # same seed, same run
     assert mix["shakespeare/test_bpb"] == alone["shakespeare"]["test_bpb"]
     assert mix["score"] == pytest.approx(0.25 * alone["mqar"]["score"] + 0.75 * alone["shakespeare"]["score"])
@@ -165,7 +160,7 @@ LM_STAGE = dict(task="shakespeare", d_model=128, n_layers=4, n_heads=4, seq_len=
 def test_softmax_attention_reaches_2_nats_per_byte(corpus):
     torch.set_num_threads(1)
     stage = StageSettings(**LM_STAGE)
-    m = train_and_score(softmax_mixer(stage.d_model, stage.n_heads), stage, 0, SECRET)
+    m = train_and_score(SOFTMAX, stage, 0, SECRET)
     print({k: m[k] for k in ("test_nats", "test_bpb", "score", "test_accuracy", "train_loss", "train_s")})
     assert m["test_nats"] <= 2.0
     assert m["test_bpb"] <= 2.9

@@ -1,6 +1,5 @@
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 class Gadget(nn.Module):
     def u(self):
         return self._utils

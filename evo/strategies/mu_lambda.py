@@ -1,0 +1,68 @@
+"""(mu + lambda) and (mu, lambda): any `deap.tools.sel*` picks the parents and the survivors.
+
+mu_plus_lambda: survivors are chosen among the population and its children; mu_comma_lambda:
+among the children only (topped up with the best parents when fewer than mu children scored).
+Both keep the `elitism` best of everything they choose from (DEAP's selBest) before selecting
+the rest. Selection is on score + novelty.weight * novelty. mu_comma_lambda needs whole
+generations; mu_plus_lambda also runs steady-state (survivors chosen after every batch).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from deap import tools
+
+from evo.strategies.base import Ask, Member, deap_random, individual, with_mates
+
+
+class MuLambda:
+    """Population of mu; lambda children per generation; DEAP selection for parents and survivors."""
+
+    def __init__(self, population: int, elitism: int, selection: str, args: dict[str, Any], comma: bool,
+                 crossover_prob: float, novelty_weight: float):
+        self.mu, self.elitism, self.comma = population, elitism, comma
+        self.generational = comma
+        self.select = getattr(tools, selection)
+        self.args, self.crossover_prob, self.w = args, crossover_prob, novelty_weight
+        self.members: list[Member] = []
+
+    def _individuals(self, members: list[Member]) -> list:
+        return [individual(m, (m.value(self.w),), (1.0,)) for m in members]
+
+    def seed(self, members: list[Member]) -> None:
+        self.members = [m for m in members if m.score is not None]
+
+    def ask(self, n: int, rng: random.Random) -> list[Ask]:
+        with deap_random(rng):
+            parents = [ind.member for ind in self.select(self._individuals(self.members), n, **self.args)]
+        return with_mates(parents, self.members, self.crossover_prob, rng)
+
+    def tell(self, children: list[Member], rng: random.Random) -> None:
+        known = {m.genome.code_hash for m in self.members}
+        scored = [c for c in children if c.score is not None and c.genome.code_hash not in known]
+        if self.comma:
+            pool = scored
+            if len(pool) < self.mu:
+                pool = pool + sorted(self.members, key=lambda m: -m.value(self.w))[: self.mu - len(pool)]
+        else:
+            pool = self.members + scored
+        if not pool:
+            return
+        inds = self._individuals(pool)
+        with deap_random(rng):
+            elite = tools.selBest(inds, min(self.elitism, len(inds)))
+            rest = self.select(inds, self.mu - len(elite), **self.args) if self.mu > len(elite) else []
+        self.members = [ind.member for ind in elite + rest]
+
+    def population(self) -> list[Member]:
+        return list(self.members)
+
+    def set_population(self, members: list[Member]) -> None:
+        self.members = list(members)
+
+    def state(self) -> dict:
+        return {"population": [m.id for m in self.members]}
+
+    def restore(self, state: dict, members: dict[str, Member]) -> None:
+        self.members = [members[i] for i in state["population"]]
