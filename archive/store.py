@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from evo.genome import Evaluation, Genome
+from records import Evaluation, Genome
 
 SCHEMA_VERSION = 1
 

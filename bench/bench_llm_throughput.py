@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from evo.genome import Genome
+    from records import Genome
     from operators.backends import VLLMBackend
     from operators.model_store import ensure_model
     from operators.researcher import Researcher, Scored, Spec

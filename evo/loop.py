@@ -25,7 +25,7 @@ from archive.normalise import NormaliseError, code_hash
 from archive.novelty import NoveltyIndex
 from archive.store import Archive
 from evo.config import Config, ConfigError, dump_config, load_config
-from evo.genome import Evaluation, Genome, genome_id
+from records import Evaluation, Genome, genome_id
 from evo.seeds import load_seeds
 from evo.summary import ARCHIVE_FILE, rank_correlation, seed_baseline, yield_stats
 from evo.toolbox import build_toolbox, make_individual

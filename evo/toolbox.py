@@ -4,7 +4,7 @@ from __future__ import annotations
 from deap import base, creator, tools
 
 from evo.config import SearchSettings
-from evo.genome import Genome
+from records import Genome
 
 
 class GenomeHolder:

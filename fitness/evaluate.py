@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 
-from evo.genome import Evaluation
+from records import Evaluation
 from fitness import protocol, testset
 from fitness.containment import LAYERS, SandboxUnavailable, require
 from fitness.forkserver import ForkServer, ForkServerError

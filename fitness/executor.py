@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Iterable, Iterator, Protocol
 
-from evo.genome import Evaluation
+from records import Evaluation
 from fitness.device import device_slots, resolve_device
 from fitness.evaluate import evaluate
 from fitness.forkserver import ForkServer, ForkServerError

@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Iterable, Iterator
 
-from evo.genome import Evaluation
+from records import Evaluation
 from fitness.evaluate import evaluate
 from fitness.executor import EvalJob, running_server
 from fitness.forkserver import ForkServer, ForkServerError

@@ -1,4 +1,4 @@
 """Variation operators: LLM backends, prompts, parsing, the researcher (mutate / crossover / repair).
 
-Imports only `evo.genome` from the engine; never `fitness` or `archive`.
+Imports only the shared `records`; never `evo`, `fitness` or `archive`.
 """

@@ -12,7 +12,7 @@ import dataclasses
 import random
 from typing import Sequence
 
-from evo.genome import Genome
+from records import Genome
 from operators import prompts
 from operators.backends import Backend, Completion, Request
 from operators.parse import ParseError, parse_reply

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from archive.novelty import NoveltyIndex, NoveltySettings
 from archive.store import Archive
-from evo.genome import Genome
+from records import Genome
 
 DIM = 16
 

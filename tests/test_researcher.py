@@ -1,7 +1,7 @@
 """operators.researcher with a scripted backend: batching, determinism, parsing, repair."""
 import random
 
-from evo.genome import Genome
+from records import Genome
 from operators.backends import CachedBackend, DictCache, FunctionBackend
 from operators.researcher import Researcher, Scored, Spec
 from operators.settings import FREE_FORM_DIRECTIVE, LLMSettings

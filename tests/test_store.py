@@ -13,7 +13,7 @@ import pytest
 
 from archive.normalise import code_hash
 from archive.store import Archive, ArchiveError
-from evo.genome import Evaluation, Genome
+from records import Evaluation, Genome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ WRITER = textwrap.dedent("""
     import sys
     import numpy as np
     from archive.store import Archive
-    from evo.genome import Evaluation, Genome
+    from records import Evaluation, Genome
 
     POP = 1500
     archive = Archive(sys.argv[1])

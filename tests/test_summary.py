@@ -5,7 +5,7 @@ import pytest
 
 from archive.normalise import code_hash
 from archive.store import Archive
-from evo.genome import Evaluation, Genome
+from records import Evaluation, Genome
 from evo.loop import Child, promoted
 from evo.summary import rank_correlation, seed_baseline, yield_stats
 from fitness.settings import PromotionSettings

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from deap import base, creator
 
-from evo.genome import Genome
+from records import Genome
 
 
 @dataclasses.dataclass
