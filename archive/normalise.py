@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import hashlib
 
+from records.source import parse as parse_source
+
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -44,7 +46,7 @@ def normalise(code: str) -> str:
     Raises NormaliseError (a ValueError) with the line and message on a syntax error.
     """
     try:
-        tree = ast.parse(code)
+        tree = parse_source(code)
     except SyntaxError as e:
         raise NormaliseError(f"cannot normalise: syntax error at line {e.lineno}: {e.msg}") from e
     except ValueError as e:  # e.g. source containing null bytes

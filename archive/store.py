@@ -287,12 +287,15 @@ class Archive:
 
         The first stored result wins: a replay after resume never overwrites it.
         """
+        return self.add_evaluations([ev]) == 1
+
+    def add_evaluations(self, evs: Sequence[Evaluation]) -> int:
+        """Insert several results in one transaction (all or none); returns how many were new."""
         with self._tx() as db:
-            cur = db.execute(
+            return sum(db.execute(
                 "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (ev.genome_id, ev.stage, ev.seed, ev.status, _finite_or_none(ev.score), ev.reason, ev.params,
-                 json.dumps(ev.metrics, default=_json_default), ev.wall_s, time.time()))
-            return cur.rowcount == 1
+                 json.dumps(ev.metrics, default=_json_default), ev.wall_s, time.time())).rowcount for ev in evs)
 
     def evaluations(self, genome_id: str | None = None, stage: int | None = None,
                     status: str | None = None) -> list[Evaluation]:
@@ -302,25 +305,6 @@ class Archive:
             if val is not None:
                 sql, args = sql + f" AND {col} = ?", args + [val]
         return [_evaluation(r) for r in self._read(sql + " ORDER BY rowid", args)]
-
-    def find_evaluated_by_hash(self, code_hash: str, stage: int, protocol: int,
-                               statuses: Sequence[str] = ("ok", "rejected", "failed")) -> list[Evaluation]:
-        """Evaluations of the earliest genome with this normalised-code hash at `stage` scored under
-        fitness protocol `protocol` (metrics["protocol"]), or [].
-
-        For exact-duplicate reuse: the engine copies these (with its new genome id) instead
-        of evaluating again. Only results with a status in `statuses` count; by default
-        `timeout` and `killed` are left out, since they say more about the machine than the code.
-        """
-        marks = ",".join("?" * len(statuses))
-        rows = self._read(
-            f"SELECT e.genome_id FROM evaluations e JOIN genomes g ON g.id = e.genome_id "
-            f"WHERE g.code_hash = ? AND e.stage = ? AND e.status IN ({marks}) "
-            f"AND json_extract(e.metrics, '$.protocol') = ? "
-            f"ORDER BY g.rowid LIMIT 1", [code_hash, stage, *statuses, protocol])
-        if not rows:
-            return []
-        return [e for e in self.evaluations(genome_id=rows[0]["genome_id"], stage=stage) if e.status in statuses]
 
     def leaderboard(self, stage: int, n: int = 10) -> list[LeaderboardRow]:
         """The `n` best genomes at `stage` by mean score over their ok seeds (ties: more seeds first)."""

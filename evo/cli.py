@@ -10,13 +10,15 @@ from evo.config import ConfigError, load_config
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
-    print(f"{args.config}: ok (strategy {config.search.strategy}, {config.search.generations} generations, "
-          f"population {config.search.population}, model {config.llm.model})")
+    s = config.search
+    limits = ", ".join(f"{k} {v}" for k, v in s.budget.model_dump(exclude_none=True).items())
+    print(f"{args.config}: ok (strategy {s.strategy}, {s.mode}, {s.children} children per step, {limits}; "
+          f"operator {config.operators.kind}" + (f", model {config.llm.model})" if config.operators.kind != "classic" else ")"))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from evo.loop import start_run
+    from evo.run import start_run
 
     config = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
@@ -26,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from evo.loop import resume_run
+    from evo.run import resume_run
 
     run_dir = resume_run(Path(args.run_dir))
     print(f"run finished: {run_dir}\nsee: evo top {run_dir}")
@@ -36,7 +38,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     from evo.summary import print_top
 
-    print_top(Path(args.run_dir), args.n)
+    if args.pareto:
+        from evo.summary import print_pareto
+
+        print_pareto(Path(args.run_dir))
+    else:
+        print_top(Path(args.run_dir), args.n)
     return 0
 
 
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="leaderboard of a run")
     p.add_argument("run_dir")
     p.add_argument("-n", type=int, default=20)
+    p.add_argument("--pareto", action="store_true", help="the Pareto front of the last checkpoint instead")
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("show", help="one genome: code, lineage, evaluations")

@@ -1,6 +1,7 @@
 """What a run found: leaderboards, LLM yield and one genome's record, for `evo top` / `evo show`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -8,6 +9,11 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from archive.store import Archive
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ARCHIVE_FILE = "archive.sqlite"
 
@@ -125,6 +131,63 @@ def print_top(run_dir: Path, n: int = 20) -> None:
                   f"stage 2 over {corr['n']} promoted genomes: {rho}")
     failures = [ev for ev in archive.evaluations(stage=1) if not ev.ok]
     console.print(f"rejected or failed evaluations: {len(failures)}; LLM calls: {archive.llm_stats()}")
+    last = archive.last_checkpoint()
+    state = archive.checkpoint_state(last) if last is not None else None
+    if state and "total" in state:
+        t = state["total"]
+        console.print(f"spent after step {last}: {t['steps']} steps, {t['evaluations_stage1']} stage-1 and "
+                      f"{t['evaluations_stage2']} stage-2 evaluations ({t['evaluation_s']:.0f} s), {t['llm_calls']} "
+                      f"LLM requests ({t['llm_cached']} cached), {t['prompt_tokens'] + t['completion_tokens']:,} "
+                      f"tokens, {t['wall_s']:.0f} s wall; stopped: {archive.get_meta('stop_reason') or '-'}")
+
+
+def pareto_front(archive: Archive) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(objectives with directions, front members) at the last checkpoint: the front an nsga2 run keeps
+    (the union of the islands' fronts, filtered), else the genomes of the checkpoint's population that
+    no other one dominates on (score max, params min). A member: {"id", "score", objective: value}."""
+    last = archive.last_checkpoint()
+    state = (archive.checkpoint_state(last) or {}) if last is not None else {}
+    members = state.get("members", {})
+    strategy = state.get("strategy", {})
+    stored = [gid for s in [strategy, *strategy.get("islands", [])] for gid in s.get("pareto", [])]
+    objectives = [("score", "max"), ("params", "min")]
+    config = archive.get_meta("config")
+    if stored and config:
+        from evo.config import parse_config
+
+        search = parse_config(tomllib.loads(config)).search
+        table = search.islands.nsga2 if search.strategy == "islands" else search.nsga2
+        objectives = [(o.name, o.direction) for o in table.objectives]
+    ids = list(dict.fromkeys(stored or archive.population(last) if last is not None else []))
+    rows = [{"id": gid, "score": members[gid]["score"], **members[gid]["objectives"]} for gid in ids
+            if gid in members and members[gid]["score"] is not None]
+
+    def signed(row: dict) -> tuple[float, ...]:
+        return tuple(row.get(n, float("-inf") if d == "max" else float("inf")) * (1 if d == "max" else -1)
+                     for n, d in objectives)
+
+    front = [r for r in rows if not any(dominates(signed(o), signed(r)) for o in rows)]
+    return objectives, sorted(front, key=lambda r: -r["score"])
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """a is at least as good as b everywhere and better somewhere (every objective maximised)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def print_pareto(run_dir: Path) -> None:
+    """Print the Pareto front of the run's last checkpoint."""
+    archive = open_run(run_dir)
+    objectives, front = pareto_front(archive)
+    genomes = {g.id: g for g in archive.genomes()}
+    table = Table(title=f"{run_dir} — Pareto front on " + ", ".join(f"{n} ({d})" for n, d in objectives))
+    for column in ("genome", "step", "operator", *(n for n, _ in objectives)):
+        table.add_column(column)
+    for row in front:
+        g = genomes[row["id"]]
+        table.add_row(row["id"], str(g.generation), g.operator,
+                      *(f"{row[n]:.4g}" if n in row else "-" for n, _ in objectives))
+    Console(width=200).print(table)
 
 
 def print_genome(run_dir: Path, genome_id: str) -> None:

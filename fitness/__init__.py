@@ -11,7 +11,12 @@ from fitness.evaluate import evaluate
 from fitness.executor import EvalJob, LocalExecutor
 from fitness.policy import check_policy
 from fitness.selftest import self_test
-from fitness.settings import CheckSettings, FitnessSettings, SandboxSettings, StageSettings
+from fitness.settings import (
+    CheckSettings,
+    FitnessSettings,
+    SandboxSettings,
+    StageSettings,
+)
 
 __all__ = [
     "evaluate", "EvalJob", "LocalExecutor", "check_policy", "self_test", "SandboxUnavailable",

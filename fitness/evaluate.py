@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 
-from records import Evaluation
 from fitness import protocol, testset
 from fitness.containment import LAYERS, SandboxUnavailable, require
 from fitness.forkserver import ForkServer, ForkServerError
@@ -33,6 +32,7 @@ from fitness.secret import fingerprint
 from fitness.settings import FitnessSettings, StageSettings
 from fitness.tasks import fetch, stage_task_names
 from fitness.train import training_seeds
+from records import Evaluation
 
 REASON_CHARS = 2000
 TRAINED = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer")

@@ -22,7 +22,6 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Iterable, Iterator, Protocol
 
-from records import Evaluation
 from fitness.device import device_slots, resolve_device
 from fitness.evaluate import evaluate
 from fitness.forkserver import ForkServer, ForkServerError
@@ -30,6 +29,7 @@ from fitness.policy import check_policy
 from fitness.sandbox import worker_env
 from fitness.selftest import describe, require_held, self_test
 from fitness.settings import FitnessSettings
+from records import Evaluation
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ import time
 import warnings
 from typing import Iterable, Iterator
 
-from records import Evaluation
 from fitness.evaluate import evaluate
 from fitness.executor import EvalJob, running_server
 from fitness.forkserver import ForkServer, ForkServerError
 from fitness.policy import check_policy
 from fitness.selftest import require_held, self_test
 from fitness.settings import FitnessSettings
+from records import Evaluation
 
 CANCEL_GRACE_S = 30.0  # how long a cancelled task gets to kill its sandbox before its Ray worker is killed
 

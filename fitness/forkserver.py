@@ -196,8 +196,23 @@ def _preload() -> None:
     import torch.optim  # noqa: F401
     import torch.utils._python_dispatch  # noqa: F401  - the worker lists the harness's operators with it
 
-    from fitness import (backbone, cgroup, checks, containment, genome_module, guard, landlock,  # noqa: F401
-                         namespaces, protocol, seccomp, settings, tasks, train, trainer, worker)
+    from fitness import (  # noqa: F401
+        backbone,
+        cgroup,
+        checks,
+        containment,
+        genome_module,
+        guard,
+        landlock,
+        namespaces,
+        protocol,
+        seccomp,
+        settings,
+        tasks,
+        train,
+        trainer,
+        worker,
+    )
     from fitness.tasks import mqar, shakespeare  # noqa: F401
 
     try:

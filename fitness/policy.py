@@ -13,7 +13,8 @@ construct so the LLM repair step can fix it.
 from __future__ import annotations
 
 import ast
-import threading
+
+from records.source import parse as parse_source
 
 ALLOWED_IMPORTS = frozenset({
     "torch", "torch.nn", "torch.nn.functional", "math", "typing", "functools", "einops", "__future__",
@@ -69,16 +70,10 @@ class PolicyViolation(ValueError):
     """The genome breaks the static policy; str() is the reason."""
 
 
-# CPython 3.11's ast.parse is not thread-safe (SystemError "AST constructor recursion depth
-# mismatch" when executor threads parse at once): parse one at a time.
-_PARSE_LOCK = threading.Lock()
-
-
 def check_policy(code: str) -> str | None:
     """Return None if `code` may run, else a one-line reason naming the line and the construct."""
     try:
-        with _PARSE_LOCK:
-            tree = ast.parse(code)
+        tree = parse_source(code)
     except SyntaxError as e:
         return f"syntax error at line {e.lineno}: {e.msg}"
     except (ValueError, RecursionError, MemoryError) as e:

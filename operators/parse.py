@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import re
 
+from records.source import parse as parse_source
+
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 _MOTIVATION = re.compile(r"^[\s>*_#-]*motivation\s*[:\-]\s*(.+)$", re.I | re.M)
 _CODE_START = re.compile(r"^(import |from \S+ import |class |def |@|#)", re.M)
@@ -47,7 +49,7 @@ def _trim_trailing_prose(code: str) -> str | None:
     lines = code.rstrip().splitlines()
     while lines:
         try:
-            ast.parse("\n".join(lines))
+            parse_source("\n".join(lines))
             return "\n".join(lines)
         except SyntaxError:
             lines.pop()
@@ -61,7 +63,7 @@ _STD_IMPORTS = {"torch": "import torch", "nn": "from torch import nn", "F": "imp
 
 def add_missing_imports(code: str) -> str:
     """Prepend the standard import of torch / nn / F / math when the code uses one it never binds."""
-    tree = ast.parse(code)
+    tree = parse_source(code)
     bound, used = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -82,13 +84,13 @@ def extract_code(text: str) -> str:
     for where, code in _candidates(text):
         code = code.strip("\n")
         try:
-            tree = ast.parse(code)
+            tree = parse_source(code)
         except SyntaxError as e:
             trimmed = _trim_trailing_prose(code) if where == "bare text" else None
             if trimmed is None:
                 reasons.append(f"{where}: SyntaxError line {e.lineno}: {e.msg}")
                 continue
-            code, tree = trimmed, ast.parse(trimmed)
+            code, tree = trimmed, parse_source(trimmed)
         if not _defines_mixer(tree):
             reasons.append(f"{where}: parses but defines no top-level `class Mixer`")
             continue

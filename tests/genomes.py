@@ -1,7 +1,10 @@
 """Genome templates and small fitness settings shared by the fitness tests: a valid Mixer
 with a hole at module level, in __init__ and in forward, a tiny stage, a test secret, and a
-gadget that gets real Python modules past the static policy (which is lint, not a boundary)."""
+gadget that gets real Python modules past the static policy (which is lint, not a boundary),
+and `stored_genome` for tests of what reads an archive."""
+from archive.normalise import code_hash
 from fitness.settings import StageSettings
+from records import Genome
 
 SECRET = bytes(range(32))  # the engine's secret in tests (a run makes a random one)
 
@@ -81,3 +84,11 @@ class ServerPool:
         """Stop every server."""
         for srv in self._all:
             srv.close()
+
+
+def stored_genome(archive, gid: str, operator: str = "seed", parents: tuple = (), generation: int = 0) -> Genome:
+    """A stored genome with code of its own (named by `gid`)."""
+    code = f"class Mixer:\n    name = {gid!r}\n"
+    genome = Genome(gid, code, code_hash(code), parents=parents, operator=operator, generation=generation)
+    archive.add_genome(genome)
+    return genome

@@ -6,62 +6,125 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from evo.config import ConfigError, apply_overrides, dump_config, load_config, parse_config
+from evo.config import STRATEGIES, ConfigError, apply_overrides, dump_config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.toml")))
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "configs" / name)
-    assert config.search.population >= 2
+    if name.startswith("strategies/"):
+        assert config.search.strategy == Path(name).stem
 
 
 def test_misspelled_key_is_named_with_allowed_keys():
     with pytest.raises(ConfigError) as err:
-        parse_config({"search": {"populaton": 6}})
+        parse_config({"search": {"childrn": 6}})
     text = str(err.value)
-    assert "search.populaton" in text and "6" in text and "population" in text
+    assert "search.childrn" in text and "6" in text and "children" in text
 
 
 def test_out_of_range_value_is_named_with_bound():
     with pytest.raises(ConfigError) as err:
-        parse_config({"search": {"crossover_prob": 1.5}})
+        parse_config({"search": {"mu_plus_lambda": {"crossover_prob": 1.5}}})
     text = str(err.value)
-    assert "search.crossover_prob" in text and "1.5" in text and "less than or equal to 1" in text
+    assert "search.mu_plus_lambda.crossover_prob" in text and "1.5" in text and "less than or equal to 1" in text
 
 
 def test_unknown_selection_operator_lists_deap_operators():
     with pytest.raises(ConfigError) as err:
-        parse_config({"search": {"selection": {"operator": "selTournamnet"}}})
+        parse_config({"search": {"mu_plus_lambda": {"selection": {"operator": "selTournamnet"}}}})
     assert "selTournament" in str(err.value) and "selTournamnet" in str(err.value)
 
 
 def test_selection_argument_must_exist():
     with pytest.raises(ConfigError) as err:
-        parse_config({"search": {"selection": {"operator": "selTournament", "args": {"size": 3}}}})
+        parse_config({"search": {"mu_plus_lambda": {"selection": {"operator": "selTournament", "args": {"size": 3}}}}})
     assert "tournsize" in str(err.value)
 
 
+def test_missing_required_selection_argument_is_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"search": {"mu_plus_lambda": {"selection": {"operator": "selTournament", "args": {}}}}})
+    assert "selTournament needs the argument(s) tournsize" in str(err.value)
+    parse_config({"search": {"mu_plus_lambda": {"selection": {"operator": "selBest", "args": {}}}}})
+
+
+def test_unknown_strategy_and_unknown_strategy_key_are_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"search": {"strategy": "hillclimb"}})
+    assert "search.strategy" in str(err.value) and "'hillclimb'" in str(err.value) and "mu_plus_lambda" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"search": {"strategy": "aging", "aging": {"populaton": 10}}})
+    assert "search.aging.populaton" in str(err.value) and "sample" in str(err.value)
+
+
+def test_a_table_of_another_strategy_is_refused():
+    with pytest.raises(ConfigError, match=r"table\(s\) aging given, but the strategy is 'mu_plus_lambda'"):
+        parse_config({"search": {"aging": {"population": 4}}})
+
+
+def test_strategies_that_need_generations_refuse_steady_state():
+    for name in ("mu_comma_lambda", "nsga2"):
+        with pytest.raises(ConfigError, match=f"{name} needs whole generations"):
+            parse_config({"search": {"strategy": name, "mode": "steady_state"}})
+    with pytest.raises(ConfigError, match="islands of nsga2 needs whole generations"):
+        parse_config({"search": {"strategy": "islands", "mode": "steady_state", "islands": {"strategy": "nsga2"}}})
+    parse_config({"search": {"strategy": "aging", "mode": "steady_state"}})
+
+
+def test_out_of_range_strategy_values_are_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"search": {"strategy": "aging", "aging": {"population": 4, "sample": 9}}})
+    assert "sample (9) must not exceed population (4)" in str(err.value)
+    with pytest.raises(ConfigError, match="elitism .6. must be smaller than population .6."):
+        parse_config({"search": {"mu_plus_lambda": {"population": 6, "elitism": 6}}})
+    with pytest.raises(ConfigError, match="selNSGA2 selects on several objectives"):
+        parse_config({"search": {"mu_plus_lambda": {"selection": {"operator": "selNSGA2", "args": {}}}}})
+
+
+def test_objectives_need_what_measures_them():
+    with pytest.raises(ConfigError, match="complexity_probe = true"):
+        parse_config({"search": {"strategy": "nsga2", "nsga2": {"objectives": [
+            {"name": "score", "direction": "max"}, {"name": "complexity", "direction": "min"}]}},
+            "fitness": {"checks": {"complexity_probe": False}}})
+    with pytest.raises(ConfigError, match="novelty.enabled = true"):
+        parse_config({"novelty": {"enabled": False, "weight": 0.5}})
+    with pytest.raises(ConfigError, match="novelty.weight does nothing with 'random'"):
+        parse_config({"search": {"strategy": "random"}, "novelty": {"weight": 0.5}})
+
+
+def test_budget_needs_a_limit_and_classic_share_needs_mix():
+    with pytest.raises(ConfigError, match="at least one of max_steps"):
+        parse_config({"search": {"budget": {"target_score": 0.9}}})
+    assert parse_config({"search": {"budget": {"max_evaluations": 50}}}).search.budget.max_steps is None
+    with pytest.raises(ConfigError, match="classic_share applies to kind = \"mix\" only"):
+        parse_config({"operators": {"kind": "classic", "classic_share": 0.3}})
+    assert parse_config({"operators": {"kind": "mix"}}).operators.classic_share == 0.5
+
+
 def test_overrides_parse_toml_values():
-    raw = apply_overrides({}, ["search.generations=5", "llm.model=qwen2.5-coder-1.5b", "novelty.enabled=false"])
+    raw = apply_overrides({}, ["search.budget.max_steps=5", "llm.model=qwen2.5-coder-1.5b", "novelty.enabled=false"])
     config = parse_config(raw)
-    assert config.search.generations == 5 and config.llm.model == "qwen2.5-coder-1.5b"
+    assert config.search.budget.max_steps == 5 and config.llm.model == "qwen2.5-coder-1.5b"
     assert config.novelty.enabled is False
 
 
-def test_resolved_config_round_trips():
-    config = load_config(ROOT / "configs" / "quickstart.toml")
+@pytest.mark.parametrize("name", ["quickstart.toml"] + [f"strategies/{s}.toml" for s in STRATEGIES])
+def test_resolved_config_round_trips(name):
+    config = load_config(ROOT / "configs" / name)
     again = parse_config(tomllib.loads(dump_config(config)))
     assert again == config
 
 
 def test_evo_validate_exits_nonzero_naming_key(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[search]\ngeneratoins = 3\n[fitness.stage1]\nsteps = -5\n")
+    bad.write_text("[search]\nstrategy = \"hill\"\n[search.budget]\nmax_stepz = 3\n[fitness.stage1]\nsteps = -5\n")
     proc = subprocess.run([sys.executable, "-m", "evo.cli", "validate", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "search.generatoins" in proc.stderr and "fitness.stage1.steps" in proc.stderr and "-5" in proc.stderr
+    for named in ("search.strategy", "'hill'", "search.budget.max_stepz", "fitness.stage1.steps", "-5"):
+        assert named in proc.stderr, named
     good = subprocess.run([sys.executable, "-m", "evo.cli", "validate", str(ROOT / "configs" / "quickstart.toml")],
                           capture_output=True, text=True)
     assert good.returncode == 0, good.stderr

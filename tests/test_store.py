@@ -59,23 +59,18 @@ def test_evaluations_unique_per_genome_stage_seed(archive):
         archive.add_evaluation(Evaluation("nope", stage=1, seed=0, status="ok", score=1.0))
 
 
-def test_find_evaluated_by_hash_and_leaderboard(archive):
+def test_evaluations_stored_together_and_leaderboard(archive):
     a, b = make_genome(1), make_genome(2)
-    dup = Genome(id="dup", code=a.code + "# same code, new comment\n", code_hash=a.code_hash, generation=3)
-    for g in (a, b, dup):
+    for g in (a, b):
         archive.add_genome(g)
-    assert archive.find_evaluated_by_hash(a.code_hash, stage=1, protocol=2) == []
     v2 = {"protocol": 2}
-    archive.add_evaluation(Evaluation(a.id, 1, 0, "ok", score=0.6, metrics=v2))
-    archive.add_evaluation(Evaluation(a.id, 1, 1, "ok", score=0.8, metrics=v2))
+    assert archive.add_evaluations([Evaluation(a.id, 1, 0, "ok", score=0.6, metrics=v2),
+                                    Evaluation(a.id, 1, 1, "ok", score=0.8, metrics=v2)]) == 2
     archive.add_evaluation(Evaluation(b.id, 1, 0, "ok", score=0.65, metrics=v2))
     archive.add_evaluation(Evaluation(b.id, 1, 1, "timeout", metrics=v2))
-    reuse = archive.find_evaluated_by_hash(dup.code_hash, stage=1, protocol=2)
-    assert [e.genome_id for e in reuse] == [a.id, a.id]
-    assert archive.find_evaluated_by_hash(b.code_hash, stage=1, protocol=2) == [
-        Evaluation(b.id, 1, 0, "ok", score=0.65, metrics=v2)]
-    assert archive.find_evaluated_by_hash(a.code_hash, stage=2, protocol=2) == []
-    assert archive.find_evaluated_by_hash(a.code_hash, stage=1, protocol=3) == []  # scored under another protocol
+    with pytest.raises(sqlite3.IntegrityError):  # one bad row: none of the batch is stored
+        archive.add_evaluations([Evaluation(b.id, 2, 0, "ok", score=0.7), Evaluation("nope", 2, 0, "ok", score=1.0)])
+    assert archive.evaluations(b.id, stage=2) == []
     board = archive.leaderboard(stage=1, n=5)
     assert [r.genome_id for r in board] == [a.id, b.id]
     assert board[0].mean == pytest.approx(0.7) and board[0].n_seeds == 2

@@ -48,6 +48,9 @@ class Aging:
     def set_population(self, members: list[Member]) -> None:
         self.queue = list(members)
 
+    def members(self) -> list[Member]:
+        return list(self.queue)
+
     def state(self) -> dict:
         return {"queue": [m.id for m in self.queue]}
 

@@ -2,16 +2,18 @@
 
 A strategy decides who breeds and who survives; everything else (proposing children, screening,
 training, promotion, checkpointing) is the engine's. The engine calls, in order:
-`seed(members)` once with the scored seed genomes, then per step `ask(n, rng)` for the parents
-of n children and `tell(children, rng)` with the children scored (in the order they were
-asked for; a child that failed has score None), and `state()` to checkpoint. `restore(state,
-members)` rebuilds the strategy from a checkpoint exactly. All randomness comes from the `rng`
-the engine passes (derived from the run seed and the step), so a run replays.
+`seed(members)` once with the seed genomes, then per step `ask(n, rng)` for the parents of n
+children and `tell(children, rng)` with that step's children (in the order they were asked for;
+a child that failed has score None), and `state()` to checkpoint; `members()` lists every member
+the state names. `restore(state, members)` rebuilds the strategy from a checkpoint exactly. All
+randomness comes from the `rng` the engine passes (derived from the run seed and the step), so a
+run replays. `set_population` is how islands exchange migrants.
 
-A `Member` carries the objectives a strategy may select on: "score" (the stage-1 score, or the
-stage-2 mean once known), "params", "complexity" (the fitted cost exponent) and "novelty" (mean
-distance to its nearest neighbours in the archive of code embeddings); `value(w)` is the
-single-objective selection value score + w * novelty.
+A `Member` carries what a strategy may select on: its score (the mean stage-1 score over the
+training seeds) and the objectives "params" (Mixer parameters), "complexity" (the measured cost
+exponent) and "novelty" (mean cosine distance to its k nearest neighbours among the code
+embeddings of earlier steps); `value(w)` is the single-objective selection value
+score + w * novelty.
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class Strategy(Protocol):
     def tell(self, children: list[Member], rng: random.Random) -> None: ...
 
     def population(self) -> list[Member]: ...
+
+    def set_population(self, members: list[Member]) -> None: ...
+
+    def members(self) -> list[Member]: ...
 
     def state(self) -> dict: ...
 

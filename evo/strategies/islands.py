@@ -54,6 +54,9 @@ class Islands:
         for i, island in enumerate(self.islands):
             island.set_population([m for m in members if m.island == i])
 
+    def members(self) -> list[Member]:
+        return [m for island in self.islands for m in island.members()]
+
     def state(self) -> dict:
         return {"islands": [island.state() for island in self.islands], "told": self.told}
 

@@ -61,6 +61,9 @@ class MapElites:
     def set_population(self, members: list[Member]) -> None:
         self._insert(members)
 
+    def members(self) -> list[Member]:
+        return self.population()
+
     def state(self) -> dict:
         return {"cells": {",".join(map(str, k)): m.id for k, m in sorted(self.cells.items())}}
 

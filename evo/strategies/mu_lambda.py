@@ -2,8 +2,8 @@
 
 mu_plus_lambda: survivors are chosen among the population and its children; mu_comma_lambda:
 among the children only (topped up with the best parents when fewer than mu children scored).
-Both keep the `elitism` best of everything they choose from (DEAP's selBest) before selecting
-the rest. Selection is on score + novelty.weight * novelty. mu_comma_lambda needs whole
+Both keep the `elitism` best of everything they choose from (DEAP's selBest), then select the
+rest among the others (with DEAP's own semantics: a tournament may pick one member twice). Selection is on score + novelty.weight * novelty. mu_comma_lambda needs whole
 generations; mu_plus_lambda also runs steady-state (survivors chosen after every batch).
 """
 from __future__ import annotations
@@ -25,44 +25,48 @@ class MuLambda:
         self.generational = comma
         self.select = getattr(tools, selection)
         self.args, self.crossover_prob, self.w = args, crossover_prob, novelty_weight
-        self.members: list[Member] = []
+        self.pop: list[Member] = []
 
     def _individuals(self, members: list[Member]) -> list:
         return [individual(m, (m.value(self.w),), (1.0,)) for m in members]
 
     def seed(self, members: list[Member]) -> None:
-        self.members = [m for m in members if m.score is not None]
+        self.pop = [m for m in members if m.score is not None]
 
     def ask(self, n: int, rng: random.Random) -> list[Ask]:
         with deap_random(rng):
-            parents = [ind.member for ind in self.select(self._individuals(self.members), n, **self.args)]
-        return with_mates(parents, self.members, self.crossover_prob, rng)
+            parents = [ind.member for ind in self.select(self._individuals(self.pop), n, **self.args)]
+        return with_mates(parents, self.pop, self.crossover_prob, rng)
 
     def tell(self, children: list[Member], rng: random.Random) -> None:
-        known = {m.genome.code_hash for m in self.members}
+        known = {m.genome.code_hash for m in self.pop}
         scored = [c for c in children if c.score is not None and c.genome.code_hash not in known]
         if self.comma:
             pool = scored
             if len(pool) < self.mu:
-                pool = pool + sorted(self.members, key=lambda m: -m.value(self.w))[: self.mu - len(pool)]
+                pool = pool + sorted(self.pop, key=lambda m: -m.value(self.w))[: self.mu - len(pool)]
         else:
-            pool = self.members + scored
+            pool = self.pop + scored
         if not pool:
             return
         inds = self._individuals(pool)
         with deap_random(rng):
             elite = tools.selBest(inds, min(self.elitism, len(inds)))
-            rest = self.select(inds, self.mu - len(elite), **self.args) if self.mu > len(elite) else []
-        self.members = [ind.member for ind in elite + rest]
+            others = [ind for ind in inds if ind not in elite] or inds
+            rest = self.select(others, self.mu - len(elite), **self.args) if self.mu > len(elite) else []
+        self.pop = [ind.member for ind in elite + rest]
 
     def population(self) -> list[Member]:
-        return list(self.members)
+        return list(self.pop)
 
     def set_population(self, members: list[Member]) -> None:
-        self.members = list(members)
+        self.pop = list(members)
+
+    def members(self) -> list[Member]:
+        return list(self.pop)
 
     def state(self) -> dict:
-        return {"population": [m.id for m in self.members]}
+        return {"population": [m.id for m in self.pop]}
 
     def restore(self, state: dict, members: dict[str, Member]) -> None:
-        self.members = [members[i] for i in state["population"]]
+        self.pop = [members[i] for i in state["population"]]

@@ -21,7 +21,7 @@ class NSGA2:
     def __init__(self, population: int, objectives: list[tuple[str, str]], crossover_prob: float):
         self.mu, self.objectives, self.crossover_prob = population, objectives, crossover_prob
         self.weights = tuple(1.0 if d == "max" else -1.0 for _, d in objectives)
-        self.members: list[Member] = []
+        self.pop: list[Member] = []
         self.front: list[Member] = []
 
     def values(self, m: Member) -> tuple[float, ...]:
@@ -39,34 +39,37 @@ class NSGA2:
 
     def seed(self, members: list[Member]) -> None:
         scored = [m for m in members if m.score is not None]
-        self.members = [ind.member for ind in tools.selNSGA2(self._individuals(scored), min(self.mu, len(scored)))]
+        self.pop = [ind.member for ind in tools.selNSGA2(self._individuals(scored), min(self.mu, len(scored)))]
         self._update_front(scored)
 
     def ask(self, n: int, rng: random.Random) -> list[Ask]:
-        inds = tools.selNSGA2(self._individuals(self.members), len(self.members))  # assigns crowding distances
+        inds = tools.selNSGA2(self._individuals(self.pop), len(self.pop))  # assigns crowding distances
         with deap_random(rng):
             if n < len(inds) or (n == len(inds) and n % 4 == 0):
                 parents = [ind.member for ind in tools.selTournamentDCD(inds, n)]
             else:
-                parents = [rng.choice(self.members) for _ in range(n)]
-        return with_mates(parents, self.members, self.crossover_prob, rng)
+                parents = [rng.choice(self.pop) for _ in range(n)]
+        return with_mates(parents, self.pop, self.crossover_prob, rng)
 
     def tell(self, children: list[Member], rng: random.Random) -> None:
-        known = {m.genome.code_hash for m in self.members}
+        known = {m.genome.code_hash for m in self.pop}
         scored = [c for c in children if c.score is not None and c.genome.code_hash not in known]
-        pool = self.members + scored
-        self.members = [ind.member for ind in tools.selNSGA2(self._individuals(pool), min(self.mu, len(pool)))]
+        pool = self.pop + scored
+        self.pop = [ind.member for ind in tools.selNSGA2(self._individuals(pool), min(self.mu, len(pool)))]
         self._update_front(scored)
 
     def population(self) -> list[Member]:
-        return list(self.members)
+        return list(self.pop)
 
     def set_population(self, members: list[Member]) -> None:
-        self.members = list(members)
+        self.pop = list(members)
+
+    def members(self) -> list[Member]:
+        return self.pop + self.front
 
     def state(self) -> dict:
-        return {"population": [m.id for m in self.members], "pareto": [m.id for m in self.front]}
+        return {"population": [m.id for m in self.pop], "pareto": [m.id for m in self.front]}
 
     def restore(self, state: dict, members: dict[str, Member]) -> None:
-        self.members = [members[i] for i in state["population"]]
+        self.pop = [members[i] for i in state["population"]]
         self.front = [members[i] for i in state["pareto"]]

@@ -13,8 +13,7 @@ class RandomSearch:
 
     generational = False
 
-    def __init__(self, novelty_weight: float):
-        self.w = novelty_weight
+    def __init__(self):
         self.seeds: list[Member] = []
         self.best: list[Member] = []
 
@@ -26,13 +25,16 @@ class RandomSearch:
 
     def tell(self, children: list[Member], rng: random.Random) -> None:
         scored = self.best + [c for c in children if c.score is not None]
-        self.best = sorted(scored, key=lambda m: -m.value(self.w))[: len(self.seeds)]
+        self.best = sorted(scored, key=lambda m: -m.score)[: len(self.seeds)]
 
     def population(self) -> list[Member]:
         return self.seeds + self.best
 
     def set_population(self, members: list[Member]) -> None:
         self.best = [m for m in members if m.id not in {s.id for s in self.seeds}]
+
+    def members(self) -> list[Member]:
+        return self.seeds + self.best
 
     def state(self) -> dict:
         return {"seeds": [m.id for m in self.seeds], "best": [m.id for m in self.best]}

@@ -1,0 +1,89 @@
+"""Promotion: which children of a step go on to stage 2 (bigger, longer, several seeds), and their runs.
+
+Policies (`[fitness.promotion]`): `top_k` the k best; `quantile` those at or above a quantile of
+every stage-1 score the step can see; `margin` those at least `margin` above the seed baseline
+(the seeds themselves are always promoted by `top_k`). A genome whose stage-1 runs are bit-identical
+to an earlier genome's (same training seeds, same predictions on the secret test set: the same
+function trained the same way, e.g. a rewrite that only renamed things) reuses that genome's
+stage-2 results instead of training again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from typing import Callable
+
+from tqdm import tqdm
+
+from archive.store import Archive
+from evo.screen import Child, Visible
+from fitness.executor import EvalJob, Executor
+from fitness.settings import FitnessSettings, PromotionSettings
+from records import Evaluation
+
+log = logging.getLogger("evo")
+
+
+def promote(step: int, children: list[Child], archive: Archive, executor: Executor, fitness: FitnessSettings,
+            visible: Visible, store: Callable[[Evaluation], None]) -> None:
+    """Stage 2 for the scored children the promotion policy picks (results stored as they arrive)."""
+    chosen = promoted(fitness.promotion, step, [c for c in children if c.score is not None], archive, visible)
+    for c in chosen:
+        twin = stage1_twin(archive, c, visible)
+        have = {e.seed for e in archive.evaluations(c.genome.id, stage=2)}
+        copied = [ev for ev in archive.evaluations(twin, stage=2) if ev.seed in fitness.stage2.seeds
+                  and ev.seed not in have] if twin else []
+        if copied:
+            archive.add_evaluations([dataclasses.replace(ev, genome_id=c.genome.id, metrics={
+                **ev.metrics, "reused_from": twin, "twin": True}) for ev in copied])
+            log.info("  %s stage 2: behavioural twin of %s (identical stage-1 training), its results reused",
+                     c.genome.id, twin)
+    jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fitness.stage2.seeds
+            if not any(e.seed == seed for e in archive.evaluations(c.genome.id, stage=2))]
+    for ev in tqdm(executor.run(jobs), total=len(jobs), desc=f"step {step} stage 2", unit="run", disable=not jobs):
+        store(ev)
+        log.info("  %s stage 2 seed %d %s %s", ev.genome_id, ev.seed, ev.status,
+                 f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
+
+
+def promoted(rule: PromotionSettings, step: int, scored: list[Child], archive: Archive,
+             visible: Visible) -> list[Child]:
+    """The scored children that go on to stage 2, best first, by the promotion policy."""
+    ranked = sorted(scored, key=lambda c: -c.score)
+    if step == 0 or rule.policy == "top_k":
+        return ranked[:rule.top_k]
+    if rule.policy == "quantile":
+        every = sorted(stage1_means(archive, visible).values())
+        bar = every[min(len(every) - 1, int(rule.quantile * len(every)))]
+    else:
+        bar = (archive.get_meta("seed_baseline") or {}).get("stage1", float("-inf")) + rule.margin
+    return [c for c in ranked if c.score >= bar][:rule.top_k]
+
+
+def stage1_means(archive: Archive, visible: Visible) -> dict[str, float]:
+    """genome id -> mean stage-1 score, over the visible genomes whose every stage-1 run is ok."""
+    runs: dict[str, list[Evaluation]] = {}
+    for ev in archive.evaluations(stage=1):
+        runs.setdefault(ev.genome_id, []).append(ev)
+    return {gid: statistics.fmean(e.score for e in evs) for gid, evs in runs.items()
+            if all(e.ok for e in evs) and visible(archive.genome(gid))}
+
+
+def stage1_twin(archive: Archive, child: Child, visible: Visible) -> str | None:
+    """An earlier visible genome with bit-identical stage-1 runs that has stage-2 results, or None."""
+    key = fingerprint(child.evaluations)
+    if key is None:
+        return None
+    runs: dict[str, list[Evaluation]] = {}
+    for ev in archive.evaluations(stage=1, status="ok"):
+        runs.setdefault(ev.genome_id, []).append(ev)
+    twins = [gid for gid, evs in runs.items() if gid != child.genome.id and fingerprint(evs) == key
+             and archive.evaluations(gid, stage=2) and visible(archive.genome(gid))]
+    return min(twins, default=None)  # the same one whatever order the runs were stored in
+
+
+def fingerprint(evaluations: list[Evaluation]) -> tuple | None:
+    """(training seed, digest of the predictions) of every stage-1 run, or None if one lacks it."""
+    keys = sorted((ev.seed, (ev.metrics or {}).get("predictions_sha256")) for ev in evaluations)
+    return tuple(keys) if keys and all(d for _, d in keys) else None

@@ -1,0 +1,66 @@
+"""Screening with a real archive: what a child's results say, which earlier results a child may
+reuse (exact duplicates seen from its step only), and parse failures on record."""
+from archive.normalise import code_hash
+from archive.store import Archive
+from evo.screen import Child, Screen, Visible
+from operators.researcher import Proposal
+from records import Evaluation, Genome
+
+RUN = {"protocol": 2, "launch": "fork"}
+CODE = "class Mixer:\n    pass\n"
+
+
+def proposal(code: str | None, parents=("p",), error: str = "") -> Proposal:
+    return Proposal(code, "why", "classic_add_skip", parents, "add_skip", None, None, error)
+
+
+def test_a_child_scores_the_mean_of_its_seeds_and_fails_on_any():
+    ok = [Evaluation("c", 1, 1, "ok", 0.4, metrics=RUN), Evaluation("c", 1, 0, "ok", 0.6, metrics=RUN)]
+    child = Child(None, evaluations=list(ok))
+    assert child.score == 0.5 and child.failed is None and child.settled([0, 1]) and not child.settled([0, 1, 2])
+    child.evaluations.append(Evaluation("c", 1, 2, "timeout", metrics=RUN))
+    assert child.score is None and child.failed.status == "timeout"
+    near = Child(None, evaluations=[Evaluation("c", 1, 0, "rejected", reason="near-duplicate")])
+    assert near.settled([0, 1, 2])  # rejected by the engine before any training
+
+
+def test_visible_genomes_are_those_of_finished_steps_and_its_own():
+    at = lambda step: Genome("g", CODE, "h", generation=step)  # noqa: E731
+    assert [Visible(3, 0)(at(s)) for s in range(5)] == [True, True, True, True, False]
+    assert [Visible(3, 1)(at(s)) for s in range(5)] == [True, True, False, True, False]
+
+
+def test_exact_duplicates_reuse_visible_complete_results_only(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, None, seeds=[0, 1], lag=1)
+    h = code_hash(CODE)
+    for gid, step in (("old", 0), ("concurrent", 1)):
+        archive.add_genome(Genome(gid, CODE, h, generation=step))
+    archive.add_evaluations([Evaluation("concurrent", 1, s, "ok", 0.9, metrics=RUN) for s in (0, 1)])
+    archive.add_evaluation(Evaluation("old", 1, 0, "ok", 0.7, metrics=RUN))  # seed 1 missing: not complete
+    child = screen(2, [proposal(CODE)], [0], slot_base=0)[0]
+    assert child.evaluations == []  # "old" is incomplete, "concurrent" (step 1) is unseen from step 2
+    archive.add_evaluation(Evaluation("old", 1, 1, "ok", 0.8, metrics=RUN))
+    again = screen(2, [proposal(CODE, parents=("q",))], [0], slot_base=1)[0]
+    assert [(e.seed, e.score, e.metrics["reused_from"]) for e in again.evaluations] == [(0, 0.7, "old"), (1, 0.8, "old")]
+    assert again.score == 0.75 and again.genome.generation == 2
+
+
+def test_killed_runs_and_other_protocols_are_not_reused(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, None, seeds=[0], lag=0)
+    archive.add_genome(Genome("a", CODE, code_hash(CODE)))
+    archive.add_evaluation(Evaluation("a", 1, 0, "killed", metrics=RUN))
+    assert screen(1, [proposal(CODE)], [0], 0)[0].evaluations == []
+    archive.add_genome(Genome("b", CODE, code_hash(CODE)))
+    archive.add_evaluation(Evaluation("b", 1, 0, "ok", 0.5, metrics={**RUN, "protocol": 1}))
+    assert screen(1, [proposal(CODE, parents=("x",))], [0], 0)[0].evaluations == []
+
+
+def test_unparsable_proposals_are_logged_and_carry_their_error(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    children = Screen(archive, None, [0], 0)(4, [proposal(None, error="parse: no code block"),
+                                                  proposal("def broken(:\n")], [1, 1], 0)
+    assert [c.genome for c in children] == [None, None]
+    assert children[0].error == "parse: no code block" and children[1].error
+    assert len(archive.events(kind="parse_failed")) == 2 and archive.count_genomes() == 0
