@@ -127,11 +127,11 @@ def main() -> None:
                 assert ev.ok, ev.reason
                 assert ev.score == ref["score"], (ev.score, ref["score"])  # sandboxed == in process, bit for bit
                 evs.append(ev)
-                print(f"{name} ({launch}): wall {ev.wall_s:.2f} s, train loop {ev.metrics['reported']['train_s']:.2f} s, "
+                print(f"{name} ({launch}): wall {ev.wall_s:.2f} s, train loop {ev.metrics['train_s']:.2f} s, "
                       f"test {ev.metrics['test_wall_s']:.2f} s, complexity {ev.metrics.get('complexity_wall_s', 0):.2f} s",
                       flush=True)
             med = lambda f: statistics.median(f(e) for e in evs)  # noqa: E731
-            wall, train = med(lambda e: e.wall_s), med(lambda e: e.metrics["reported"]["train_s"])
+            wall, train = med(lambda e: e.wall_s), med(lambda e: e.metrics["train_s"])
             rows.append(dict(genome=name, launch=launch, wall=wall, steps=train - data_s, data=data_s, train=train,
                              test=med(lambda e: e.metrics["test_wall_s"]),
                              complexity=med(lambda e: e.metrics.get("complexity_wall_s", 0.0)),

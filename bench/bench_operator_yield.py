@@ -68,10 +68,14 @@ def main() -> None:
             bad = next(e for e in evs if not e.ok)
             reasons[f"{bad.status}: {bad.reason.split(':')[0][:60]}"] += 1
     proposed = len(children) + unmade
+    distinct = {g.code: all(e.ok for e in archive.evaluations(g.id, stage=1)) for g in children}
     total = archive.checkpoint_state(archive.last_checkpoint())["total"]
+    print("| operator | children | made | near duplicates | passed | passed / trained | distinct sources | "
+          "distinct passed | tokens per child | wall s per child |")
     print(f"| {args.operator} | {proposed} | {len(children)} | {outcome['near_duplicate']} | "
           f"{outcome['passed']} ({outcome['passed'] / max(proposed, 1):.0%}) | "
-          f"{outcome['passed'] / max(len(children) - outcome['near_duplicate'], 1):.0%} | "
+          f"{outcome['passed'] / max(len(children) - outcome['near_duplicate'], 1):.0%} | {len(distinct)} | "
+          f"{sum(distinct.values())} | "
           f"{(total['prompt_tokens'] + total['completion_tokens']) / max(proposed, 1):.0f} | {wall / max(proposed, 1):.1f} |")
     print("failures:", dict(reasons.most_common()))
     print("operators:", dict(collections.Counter(g.operator for g in children)))

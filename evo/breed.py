@@ -3,7 +3,7 @@
 For each ask (one parent: a mutation, two: a crossover) build the variation spec (the parents
 with their scores, the population's best as examples, the first parent's nearest neighbours to
 move away from), let the operator propose every child of the step at once, screen them, train
-each at stage 1 with every training seed (identical children of one step train once), and send
+each at stage 1 with every training seed (children of one step with the same source train once), and send
 the failures back to the LLM for repair, a bounded number of times. The result holds, per ask,
 the last child made for it. Results are stored as they arrive; a step redone after an
 interruption finds them and makes the same children.
@@ -91,11 +91,11 @@ class Breeder:
         return Spec(parents, examples=examples, avoid=avoid)
 
     def evaluate(self, step: int, children: list[Child]) -> None:
-        """Stage 1 with every training seed for the children not settled yet; one run per distinct code."""
+        """Stage 1 with every training seed for the children not settled yet; one run per distinct source."""
         todo = [c for c in children if c.genome is not None and not c.settled(self.seeds)]
         leaders: dict[str, Child] = {}
         for c in todo:
-            leaders.setdefault(c.genome.code_hash, c)
+            leaders.setdefault(c.genome.code, c)
         by_id = {c.genome.id: c for c in leaders.values()}
         jobs = [EvalJob(c.genome.id, c.genome.code, 1, s) for c in leaders.values() for s in self.seeds
                 if s not in {e.seed for e in c.evaluations}]
@@ -108,7 +108,7 @@ class Breeder:
             log.info("  %s %-16s seed %d %s %s", ev.genome_id, by_id[ev.genome_id].genome.operator, ev.seed,
                      ev.status, f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
         for c in todo:
-            leader = leaders[c.genome.code_hash]
+            leader = leaders[c.genome.code]
             if c is not leader:
                 self.archive.add_evaluations(copies(leader.evaluations, c.genome.id))
                 c.evaluations = self.archive.evaluations(c.genome.id, stage=1)

@@ -2,9 +2,11 @@
 
 A proposal that did not parse is logged. A parsed one is stored as a genome (its id derives from
 its code, parents, operator, step and slot, so a resumed step makes the same ids). An exact
-duplicate (same normalised code) of a genome already evaluated under this fitness protocol
-reuses that result; a near duplicate of a genome of an earlier step (cosine similarity of the
-code embeddings at or above the novelty threshold) is rejected before any training. A step sees
+duplicate (the same source, byte for byte: a reformatted copy could read its own line numbers
+or docstrings and behave differently) of a genome already evaluated under this fitness
+protocol reuses that result; a near duplicate of a genome of an earlier step (cosine similarity
+of the normalised code's embeddings at or above the novelty threshold, which a reformatted copy
+reaches) is rejected before any training. A step sees
 only the genomes of finished steps and its own (see `Visible`), so what screening decides does
 not depend on timing or on where a killed run stopped.
 """
@@ -104,10 +106,10 @@ class Screen:
         return child
 
     def reusable(self, genome: Genome, visible: Visible) -> list[Evaluation] | None:
-        """The stage-1 results of the earliest visible genome with the same code, if it was evaluated
+        """The stage-1 results of the earliest visible genome with the same source, if it was evaluated
         under this protocol for every training seed (or failed), else None."""
         for other in self.archive.genomes(code_hash=genome.code_hash):
-            if other.id == genome.id or not visible(other):
+            if other.id == genome.id or other.code != genome.code or not visible(other):
                 continue
             evs = [e for e in self.archive.evaluations(other.id, stage=1)
                    if e.metrics.get("protocol") == FITNESS_PROTOCOL and e.status in REUSABLE]

@@ -64,3 +64,16 @@ def test_unparsable_proposals_are_logged_and_carry_their_error(tmp_path):
     assert [c.genome for c in children] == [None, None]
     assert children[0].error == "parse: no code block" and children[1].error
     assert len(archive.events(kind="parse_failed")) == 2 and archive.count_genomes() == 0
+
+
+def test_a_reformatted_copy_is_not_an_exact_duplicate(tmp_path):
+    """Same normalised code, other source: it could read its own line numbers or docstring, so it
+    does not inherit the original's score (the near-duplicate check rejects it instead)."""
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, None, seeds=[0], lag=0)
+    archive.add_genome(Genome("a", CODE, code_hash(CODE)))
+    archive.add_evaluation(Evaluation("a", 1, 0, "ok", 0.9, metrics=RUN))
+    moved = '"""A docstring the genome may read."""\n\n' + CODE
+    assert code_hash(moved) == code_hash(CODE)
+    assert screen(1, [proposal(moved)], [0], 0)[0].evaluations == []
+    assert screen(1, [proposal(CODE)], [0], 1)[0].score == 0.9
