@@ -3,9 +3,10 @@
 For each ask (one parent: a mutation, two: a crossover) build the variation spec (the parents
 with their scores, the population's best as examples, the first parent's nearest neighbours to
 move away from), let the operator propose every child of the step at once, screen them, train
-each at stage 1 with every training seed (children of one step with the same source train once), and send
-the failures back to the LLM for repair, a bounded number of times. The result holds, per ask,
-the last child made for it. Results are stored as they arrive; a step redone after an
+each at stage 1 with every training seed (children of one step with the same source train once), send
+the failures back to the LLM for repair, a bounded number of times, and race the contenders
+(evo.race: more training seeds where the rank matters). The result holds, per ask, the last
+child made for it. Results are stored as they arrive; a step redone after an
 interruption finds them and makes the same children.
 """
 from __future__ import annotations
@@ -15,13 +16,15 @@ import logging
 import random
 import statistics
 import threading
+from typing import Callable
 
 from tqdm import tqdm
 
 from archive.store import Archive
 from evo.config import Config
 from evo.neighbours import Neighbours
-from evo.screen import Child, Screen, copies
+from evo.race import race
+from evo.screen import Child, Screen, Visible, copies
 from evo.strategies import Ask
 from fitness.executor import EvalJob, Executor
 from operators.researcher import Proposal, Scored, Spec
@@ -78,7 +81,15 @@ class Breeder:
             latest = [(i, c) for (i, _), c in zip(broken, made)]
             for i, c in latest:
                 final[i] = c
+        race(step, final, self.archive, self.config.fitness, Visible(step, self.lag), self.train_more)
         return Bred(step, final, proposals)
+
+    def train_more(self, pairs: list[tuple[Child, int]]) -> None:
+        """One more stage-1 training seed for each child named (racing)."""
+        extra = {id(c): s for c, s in pairs}
+        children = [c for c, _ in pairs]
+        self.evaluate(children[0].genome.generation, children,
+                      seeds=lambda c: sorted({e.seed for e in c.evaluations} | {extra[id(c)]}))
 
     def spec(self, ask: Ask, examples: tuple[Scored, ...], step: int) -> Spec:
         """The variation spec of one ask."""
@@ -90,14 +101,16 @@ class Breeder:
             avoid = tuple(Scored(self.archive.genome(gid), self.stage1_score(gid)) for gid, _ in near)
         return Spec(parents, examples=examples, avoid=avoid)
 
-    def evaluate(self, step: int, children: list[Child]) -> None:
-        """Stage 1 with every training seed for the children not settled yet; one run per distinct source."""
-        todo = [c for c in children if c.genome is not None and not c.settled(self.seeds)]
+    def evaluate(self, step: int, children: list[Child], seeds: Callable[[Child], list[int]] | None = None) -> None:
+        """Stage 1 for the children with each training seed `seeds(child)` names (default: stage1.seeds)
+        that it lacks; one run per distinct source."""
+        want = seeds or (lambda c: self.seeds)
+        todo = [c for c in children if c.genome is not None and not c.settled(want(c))]
         leaders: dict[str, Child] = {}
         for c in todo:
             leaders.setdefault(c.genome.code, c)
         by_id = {c.genome.id: c for c in leaders.values()}
-        jobs = [EvalJob(c.genome.id, c.genome.code, 1, s) for c in leaders.values() for s in self.seeds
+        jobs = [EvalJob(c.genome.id, c.genome.code, 1, s) for c in leaders.values() for s in want(c)
                 if s not in {e.seed for e in c.evaluations}]
         for ev in tqdm(self.executor.run(jobs), total=len(jobs), desc=f"step {step} stage 1", unit="run",
                        disable=not jobs):

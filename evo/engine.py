@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import statistics
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from evo.config import Config, ConfigError
 from evo.mainthread import MainThreadLLM
 from evo.neighbours import Neighbours
 from evo.promote import promote
+from evo.score import selection_score
 from evo.screen import Child, Visible
 from evo.seeds import load_seeds
 from evo.strategies import Ask, Member, make_strategy
@@ -91,8 +93,9 @@ class Engine:
             genome = Genome(genome_id(h, (), "seed", 0, slot), code, h, operator="seed", motivation=name)
             self.archive.add_genome(genome, origin={"seed": name})
             children.append(Child(genome, evaluations=self.archive.evaluations(genome.id, stage=1)))
-        log.info("step 0: training %d seed genomes", len(children))
-        self.breeder.evaluate(0, children)
+        baseline = self.config.fitness.stage1_seeds()[:self.config.fitness.racing.baseline_seeds]
+        log.info("step 0: training %d seed genomes with %d training seeds each", len(children), len(baseline))
+        self.breeder.evaluate(0, children, seeds=lambda c: baseline)
         promote(0, children, self.archive, self.executor, self.config.fitness, Visible(0, 0), self.breeder.store)
         self.archive.set_meta("seed_baseline", seed_baseline(self.archive))
         members = [self.member(c, 0) for c in children]
@@ -117,17 +120,21 @@ class Engine:
         self.best = max([self.best] + scores) if scores else self.best
 
     def member(self, child: Child, step: int) -> Member:
-        """A child as strategies see it: its score and objectives (novelty among earlier steps)."""
-        objectives = {}
-        if child.score is not None:
-            first = child.evaluations[0]
-            objectives["params"] = float(first.params or 0)
-            exponent = (first.metrics.get("complexity") or {}).get("scaling_exponent")
-            if exponent is not None:
-                objectives["complexity"] = float(exponent)
-            if self.neighbours is not None:
-                objectives["novelty"] = self.neighbours.novelty(child.genome, before=step)
-        return Member(child.genome, child.score, objectives, child.genome.island)
+        """A child as strategies see it: its selection score (evo.score), the mean test loss (ties)
+        and its objectives (novelty among earlier steps)."""
+        if child.score is None:
+            return Member(child.genome, None, {}, child.genome.island)
+        first = child.evaluations[0]
+        objectives = {"params": float(first.params or 0)}
+        exponent = (first.metrics.get("complexity") or {}).get("scaling_exponent")
+        if exponent is not None:
+            objectives["complexity"] = float(exponent)
+        if self.neighbours is not None:
+            objectives["novelty"] = self.neighbours.novelty(child.genome, before=step)
+        stage2 = [e.score for e in self.archive.evaluations(child.genome.id, stage=2) if e.ok]
+        score = selection_score([e.score for e in child.evaluations], stage2, self.archive.get_meta("seed_baseline") or {})
+        loss = statistics.fmean(e.metrics.get("test_loss", 0.0) for e in child.evaluations)
+        return Member(child.genome, score, objectives, child.genome.island, loss)
 
     def checkpoint(self, step: int, bred: Bred, pending: list) -> None:
         """Store the strategy's state after `step`, the asks in flight and what the step spent."""
@@ -139,7 +146,8 @@ class Engine:
         members = self.strategy.members() + [m for _, asks, _ in pending for a in asks for m in a.parents]
         state = {"strategy": self.strategy.state(), "best": self.best, "spent": spent.as_dict(),
                  "total": self.total.as_dict(),
-                 "members": {m.id: {"score": m.score, "objectives": m.objectives, "island": m.island} for m in members},
+                 "members": {m.id: {"score": m.score, "objectives": m.objectives, "island": m.island, "loss": m.loss}
+                             for m in members},
                  "pending": [{"step": s, "asks": [{"parents": [m.id for m in a.parents], "island": a.island}
                                                   for a in asks], "examples": [e.genome.id for e in examples]}
                              for s, asks, examples in pending]}
@@ -152,7 +160,7 @@ class Engine:
         state = self.archive.checkpoint_state(step)
         if "strategy" not in state:
             raise ConfigError(f"{self.archive.path}: checkpointed by an older evoarch engine; start a new run")
-        members = {gid: Member(self.archive.genome(gid), d["score"], d["objectives"], d["island"])
+        members = {gid: Member(self.archive.genome(gid), d["score"], d["objectives"], d["island"], d["loss"])
                    for gid, d in state["members"].items()}
         self.strategy.restore(state["strategy"], members)
         self.total, self.best = Spent.from_dict(state["total"]), state["best"]

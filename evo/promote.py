@@ -1,8 +1,10 @@
 """Promotion: which children of a step go on to stage 2 (bigger, longer, several seeds), and their runs.
 
-Policies (`[fitness.promotion]`): `top_k` the k best; `quantile` those at or above a quantile of
-every stage-1 score the step can see; `margin` those at least `margin` above the seed baseline
-(the seeds themselves are always promoted by `top_k`). A genome whose stage-1 runs are bit-identical
+Policies (`[fitness.promotion]`), among the children with `racing.min_seeds` training seeds:
+`top_k` the k best by mean; `quantile` those at or above a quantile of every stage-1 mean the
+step can see; `margin` those whose gain over the seed baseline (the best seed genome's mean)
+less `margin` exceeds `racing.z` standard errors of the difference. The seeds themselves are
+promoted by `top_k` at step 0. A genome whose stage-1 runs are bit-identical
 to an earlier genome's (same training seeds, same predictions on the secret test set: the same
 function trained the same way, e.g. a rewrite that only renamed things) reuses that genome's
 stage-2 results instead of training again.
@@ -11,15 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 from typing import Callable
 
 from tqdm import tqdm
 
 from archive.store import Archive
+from evo.score import Estimate, ok_runs, pooled_sd
 from evo.screen import Child, Visible
 from fitness.executor import EvalJob, Executor
-from fitness.settings import FitnessSettings, PromotionSettings
+from fitness.settings import FitnessSettings
 from records import Evaluation
 
 log = logging.getLogger("evo")
@@ -28,7 +32,7 @@ log = logging.getLogger("evo")
 def promote(step: int, children: list[Child], archive: Archive, executor: Executor, fitness: FitnessSettings,
             visible: Visible, store: Callable[[Evaluation], None]) -> None:
     """Stage 2 for the scored children the promotion policy picks (results stored as they arrive)."""
-    chosen = promoted(fitness.promotion, step, [c for c in children if c.score is not None], archive, visible)
+    chosen = promoted(fitness, step, [c for c in children if c.score is not None], archive, visible)
     for c in chosen:
         twin = stage1_twin(archive, c, visible)
         have = {e.seed for e in archive.evaluations(c.genome.id, stage=2)}
@@ -47,18 +51,30 @@ def promote(step: int, children: list[Child], archive: Archive, executor: Execut
                  f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
 
 
-def promoted(rule: PromotionSettings, step: int, scored: list[Child], archive: Archive,
+def promoted(fitness: FitnessSettings, step: int, scored: list[Child], archive: Archive,
              visible: Visible) -> list[Child]:
-    """The scored children that go on to stage 2, best first, by the promotion policy."""
-    ranked = sorted(scored, key=lambda c: -c.score)
+    """The scored children that go on to stage 2, best first, by the promotion policy; only those
+    with `racing.min_seeds` training seeds are eligible (racing gave the best of them that many)."""
+    rule, r = fitness.promotion, fitness.racing
+    ranked = sorted((c for c in scored if len(c.evaluations) >= r.min_seeds), key=lambda c: -c.score)
     if step == 0 or rule.policy == "top_k":
         return ranked[:rule.top_k]
     if rule.policy == "quantile":
         every = sorted(stage1_means(archive, visible).values())
         bar = every[min(len(every) - 1, int(rule.quantile * len(every)))]
-    else:
-        bar = (archive.get_meta("seed_baseline") or {}).get("stage1", float("-inf")) + rule.margin
-    return [c for c in ranked if c.score >= bar][:rule.top_k]
+        return [c for c in ranked if c.score >= bar][:rule.top_k]
+    runs = ok_runs(archive, visible)
+    sd = pooled_sd(runs.values())
+    seeds = [runs[g.id] for g in archive.genomes(generation=0) if g.operator == "seed" and g.id in runs]
+    if not seeds:
+        return []
+    base = max((Estimate(statistics.fmean(s), len(s), sd) for s in seeds), key=lambda e: e.mean)
+
+    def gain_shows(c: Child) -> bool:
+        e = Estimate(c.score, len(c.evaluations), sd)
+        return e.mean - base.mean - rule.margin > r.z * math.hypot(e.se, base.se)
+
+    return [c for c in ranked if gain_shows(c)][:rule.top_k]
 
 
 def stage1_means(archive: Archive, visible: Visible) -> dict[str, float]:

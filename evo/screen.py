@@ -114,7 +114,7 @@ class Screen:
             evs = [e for e in self.archive.evaluations(other.id, stage=1)
                    if e.metrics.get("protocol") == FITNESS_PROTOCOL and e.status in REUSABLE]
             if {e.seed for e in evs} >= set(self.seeds) or any(not e.ok for e in evs):
-                return [e for e in evs if e.seed in self.seeds]
+                return evs
         return None
 
 

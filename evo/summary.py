@@ -39,7 +39,7 @@ def _mean(scores: list[float]) -> float:
 
 
 def seed_baseline(archive: Archive) -> dict[str, float | None]:
-    """The best seed genome's mean score at each stage, measured in this run."""
+    """The best seed genome's mean score over its training seeds at each stage, measured in this run."""
     seeds = {g.id for g in archive.genomes(generation=0) if g.operator == "seed"}
     out = {}
     for stage in (1, 2):
@@ -49,21 +49,21 @@ def seed_baseline(archive: Archive) -> dict[str, float | None]:
 
 
 def rank_correlation(archive: Archive) -> dict[str, float | int | None]:
-    """Spearman rank correlation of stage-1 score and stage-2 mean over the promoted genomes."""
+    """Spearman rank correlation of the stage-1 and stage-2 means over the promoted genomes."""
     from scipy.stats import spearmanr
 
     s1, s2 = stage_scores(archive, 1), stage_scores(archive, 2)
     both = [gid for gid in s2 if gid in s1]
     if len(both) < 3:
         return {"spearman": None, "p_value": None, "n": len(both)}
-    rho, p = spearmanr([max(s1[g]) for g in both], [_mean(s2[g]) for g in both])
+    rho, p = spearmanr([_mean(s1[g]) for g in both], [_mean(s2[g]) for g in both])
     finite = rho == rho  # NaN when one side is constant
     return {"spearman": float(rho) if finite else None, "p_value": float(p) if finite else None, "n": len(both)}
 
 
 def yield_stats(archive: Archive) -> dict[str, float]:
     """How useful the LLM was: children produced, parsed, passing the checks, beating their parent."""
-    stage1 = {gid: max(s) for gid, s in stage_scores(archive, 1).items()}
+    stage1 = {gid: _mean(s) for gid, s in stage_scores(archive, 1).items()}
     genomes = archive.genomes()
     llm = [g for g in genomes if g.operator.startswith("llm_")]
     # a resumed generation logs its parse failures again: count each (generation, slot) once
@@ -107,8 +107,9 @@ def print_top(run_dir: Path, n: int = 20) -> None:
     s1, s2 = stage_scores(archive, 1), stage_scores(archive, 2)
     params = {ev.genome_id: ev.params for ev in archive.evaluations(stage=1, status="ok")}
     genomes = {g.id: g for g in archive.genomes()}
-    ranked = sorted(s1, key=lambda gid: (-max(s1[gid]), -(sum(s2.get(gid, [0])) / len(s2.get(gid, [0])))))[:n]
-    table = Table(title=f"{run_dir} — top {len(ranked)} by stage-1 score (status: {archive.get_meta('status')})")
+    ranked = sorted(s1, key=lambda gid: (-_mean(s1[gid]), -_mean(s2.get(gid, [0]))))[:n]
+    table = Table(title=f"{run_dir} — top {len(ranked)} by mean stage-1 score, mean ± SD (n seeds) "
+                        f"(status: {archive.get_meta('status')})")
     base = seed_baseline(archive)
     for column in ("#", "genome", "gen", "operator", "parents", "stage 1", "vs seeds", "stage 2", "vs seeds",
                    "params", "motivation"):

@@ -202,25 +202,56 @@ class StageSettings(BaseModel):
         return self
 
 
-def _stage2_default() -> StageSettings:
-    return StageSettings(
-        d_model=64, n_layers=2, n_heads=2, seq_len=128, num_kv_pairs=8, batch_size=64,
-        steps=300, eval_batches=8, seeds=[0, 1],
-    )
+# Stage settings by preset; keys given in [fitness.stage1] / [fitness.stage2] override them.
+PRESETS: dict[str, dict[str, dict]] = {
+    "default": {  # CPU, one core per evaluation: stage 1 ~40 s per training seed, stage 2 ~2 min
+        "stage1": {"task": "mqar", "seq_len": 128, "num_kv_pairs": 8, "d_model": 64, "n_layers": 2, "n_heads": 1,
+                   "steps": 350, "eval_batches": 8},
+        "stage2": {"task": "mqar", "seq_len": 256, "num_kv_pairs": 16, "d_model": 64, "n_layers": 2, "n_heads": 2,
+                   "steps": 400, "eval_batches": 8, "seeds": [0, 1]},
+    },
+    "gpu": {
+        "stage1": {"task": "mqar", "seq_len": 256, "num_kv_pairs": 16, "d_model": 128, "n_layers": 2, "n_heads": 2,
+                   "steps": 1000, "batch_size": 128, "eval_batches": 16},
+        "stage2": {"tasks": {"mqar": 1.0, "shakespeare": 0.5}, "seq_len": 512, "num_kv_pairs": 32, "d_model": 256,
+                   "n_layers": 4, "n_heads": 4, "steps": 3000, "batch_size": 128, "lr": 3e-3, "mlp": True,
+                   "eval_batches": 16, "seeds": [0, 1, 2]},
+    },
+}
 
 
 class PromotionSettings(BaseModel):
-    """Promotion to stage 2, per generation. The seed generation always promotes its top_k."""
+    """Promotion to stage 2, per step. Step 0 (the seed genomes) always promotes its top_k."""
 
     model_config = ConfigDict(extra="forbid")
 
     policy: Literal["top_k", "quantile", "margin"] = Field(
-        "top_k", description="top_k: the best top_k of the generation by stage-1 score; quantile: those at or "
-        "above the given quantile of every stage-1 score so far; margin: those beating the best seed's "
-        "stage-1 score by at least `margin`. quantile and margin promote at most top_k.")
-    top_k: int = Field(2, ge=0, le=100_000, description="Most genomes promoted per generation.")
+        "top_k", description="Among the genomes of a step with racing.min_seeds training seeds: top_k: the best "
+        "top_k by mean stage-1 score; quantile: those at or above the given quantile of every stage-1 mean so far; "
+        "margin: those whose gain over the seed baseline, less `margin`, exceeds racing.z standard errors. "
+        "quantile and margin promote at most top_k.")
+    top_k: int = Field(2, ge=0, le=100_000, description="Most genomes promoted per step.")
     quantile: float = Field(0.9, ge=0.0, le=1.0, description="For policy = quantile.")
     margin: float = Field(0.0, ge=-1.0, le=1.0, description="For policy = margin (score units, e.g. accuracy).")
+
+
+class RacingSettings(BaseModel):
+    """More training seeds for the genomes whose rank matters (the engine races them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int] = Field(
+        default_factory=lambda: [101, 102, 103, 104], max_length=64,
+        description="Training seeds a genome may get beyond stage1.seeds, in this order: the seed genomes "
+        "(baseline_seeds of them in all) and the contenders for the best place and for promotion.")
+    baseline_seeds: int = Field(
+        3, ge=1, le=64, description="Training seeds of every seed genome at step 0; the seed baseline is the "
+        "best seed genome's mean over them.")
+    min_seeds: int = Field(
+        3, ge=1, le=64, description="Seeds a genome needs before it can take the best place or go to stage 2.")
+    z: float = Field(
+        2.0, gt=0, le=10, description="Interval half-width in standard errors: a contender gets more seeds while "
+        "its interval overlaps the best genome's; policy margin promotes on a gain of z standard errors.")
 
 
 class FitnessSettings(BaseModel):
@@ -254,10 +285,48 @@ class FitnessSettings(BaseModel):
     )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings, description="Child-process limits.")
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Structural checks before training.")
-    stage1: StageSettings = Field(default_factory=StageSettings, description="Exploration: every valid genome.")
-    stage2: StageSettings = Field(default_factory=_stage2_default, description="Verification: promoted genomes, several seeds.")
+    preset: Literal["default", "gpu"] = Field(
+        "default", description="Stage settings to start from: default (CPU, minutes per evaluation) or gpu (larger "
+        "and longer: see fitness.settings.PRESETS); keys given in [fitness.stage1] and [fitness.stage2] override them.")
+    stage1: StageSettings = Field(description="Exploration: every valid genome.")
+    stage2: StageSettings = Field(description="Verification: promoted genomes, several seeds.")
     promotion: PromotionSettings = Field(default_factory=lambda: PromotionSettings(),
                                          description="Which genomes of a generation go on to stage 2.")
+    racing: RacingSettings = Field(default_factory=RacingSettings,
+                                   description="Extra training seeds for the seeds' baseline and the contenders.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, raw: object) -> object:
+        """Each stage is its preset's settings with the keys the config gives laid over them."""
+        if not isinstance(raw, dict) or raw.get("preset", "default") not in PRESETS:
+            return raw
+        out = dict(raw)
+        for stage, base in PRESETS[raw.get("preset", "default")].items():
+            given = raw.get(stage)
+            if isinstance(given, StageSettings):
+                given = given.model_dump(exclude_unset=True)
+            if given is None or isinstance(given, dict):
+                out[stage] = {**base, **(given or {})}
+        return out
+
+    @model_validator(mode="after")
+    def _enough_seeds(self) -> "FitnessSettings":
+        pool = len(self.stage1.seeds) + len(self.racing.seeds)
+        r = self.racing
+        if max(r.baseline_seeds, r.min_seeds) > pool:
+            raise ValueError(f"racing needs {max(r.baseline_seeds, r.min_seeds)} training seeds but stage1.seeds and "
+                             f"racing.seeds give {pool}")
+        if len(set(self.stage1.seeds + r.seeds)) < pool:
+            raise ValueError("stage1.seeds and racing.seeds must all differ")
+        if r.min_seeds > r.baseline_seeds:
+            raise ValueError(f"racing.min_seeds ({r.min_seeds}) must not exceed baseline_seeds ({r.baseline_seeds}): "
+                             "the seed genomes hold the best place first")
+        return self
+
+    def stage1_seeds(self) -> list[int]:
+        """Every training seed a stage-1 genome may get, in order: stage1.seeds, then racing.seeds."""
+        return list(self.stage1.seeds) + list(self.racing.seeds)
 
     def stage(self, stage: int) -> StageSettings:
         """Return the settings of stage 1 or 2."""

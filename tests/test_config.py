@@ -128,3 +128,21 @@ def test_evo_validate_exits_nonzero_naming_key(tmp_path):
     good = subprocess.run([sys.executable, "-m", "evo.cli", "validate", str(ROOT / "configs" / "quickstart.toml")],
                           capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
+
+
+def test_a_stage_table_overrides_its_preset_key_by_key():
+    config = parse_config({"fitness": {"stage2": {"d_model": 128}}})
+    assert config.fitness.stage2.d_model == 128 and config.fitness.stage2.n_heads == 2  # the preset's, kept
+    gpu = parse_config({"fitness": {"preset": "gpu", "stage1": {"steps": 10}}}).fitness
+    assert gpu.stage1.steps == 10 and gpu.stage1.d_model == 128 and "shakespeare" in gpu.stage2.tasks
+    with pytest.raises(ConfigError, match="fitness.preset"):
+        parse_config({"fitness": {"preset": "tpu"}})
+
+
+def test_racing_needs_enough_distinct_seeds():
+    with pytest.raises(ConfigError, match="racing needs 5 training seeds but stage1.seeds and racing.seeds give 3"):
+        parse_config({"fitness": {"racing": {"seeds": [1, 2], "baseline_seeds": 5, "min_seeds": 3}}})
+    with pytest.raises(ConfigError, match="must all differ"):
+        parse_config({"fitness": {"racing": {"seeds": [0, 1, 2]}}})
+    with pytest.raises(ConfigError, match="min_seeds .4. must not exceed baseline_seeds .3."):
+        parse_config({"fitness": {"racing": {"min_seeds": 4}}})

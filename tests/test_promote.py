@@ -5,20 +5,24 @@ from genomes import stored_genome
 from archive.store import Archive
 from evo.promote import promoted, stage1_twin
 from evo.screen import Child, Visible
-from evo.summary import seed_baseline
-from fitness.settings import PromotionSettings
+from fitness.settings import FitnessSettings
 from records import Evaluation
+
+
+def fitness(**promotion) -> FitnessSettings:
+    return FitnessSettings.model_validate({"promotion": promotion, "racing": {"min_seeds": 3, "z": 2.0}})
 
 
 @pytest.fixture
 def archive(tmp_path):
+    """Seeds s1 (0.9) and s2 (0.3), children c1 (0.95), c2 (0.1), c3 (0.5), each over three training
+    seeds spread by ±0.01 (pooled SD 0.01), and c4 (0.99) with one seed only."""
     a = Archive(tmp_path / "a.sqlite")
-    for gid, s1 in (("s1", 0.9), ("s2", 0.3)):
-        stored_genome(a, gid)
-        a.add_evaluation(Evaluation(gid, 1, 0, "ok", s1))
-    for gid, s1 in (("c1", 0.95), ("c2", 0.1), ("c3", 0.5)):
-        stored_genome(a, gid, "llm_mutate", ("s1",), 1)
-        a.add_evaluation(Evaluation(gid, 1, 0, "ok", s1))
+    for gid, mean, step in (("s1", 0.9, 0), ("s2", 0.3, 0), ("c1", 0.95, 1), ("c2", 0.1, 1), ("c3", 0.5, 1)):
+        stored_genome(a, gid, "seed" if step == 0 else "llm_mutate", () if step == 0 else ("s1",), step)
+        a.add_evaluations([Evaluation(gid, 1, seed, "ok", mean + d) for seed, d in ((0, -0.01), (1, 0.0), (2, 0.01))])
+    stored_genome(a, "c4", "llm_mutate", ("s1",), 1)
+    a.add_evaluation(Evaluation("c4", 1, 0, "ok", 0.99))
     return a
 
 
@@ -26,24 +30,28 @@ def _children(archive, ids):
     return [Child(archive.genome(g), evaluations=archive.evaluations(g, stage=1)) for g in ids]
 
 
-def test_promotion_policies(archive):
-    archive.set_meta("seed_baseline", seed_baseline(archive))
-    kids, now = _children(archive, ["c1", "c2", "c3"]), Visible(1, 0)
-    top = promoted(PromotionSettings(policy="top_k", top_k=2), 1, kids, archive, now)
-    assert [c.genome.id for c in top] == ["c1", "c3"]
-    margin = promoted(PromotionSettings(policy="margin", margin=0.01, top_k=5), 1, kids, archive, now)
-    assert [c.genome.id for c in margin] == ["c1"]
-    quant = promoted(PromotionSettings(policy="quantile", quantile=0.5, top_k=5), 1, kids, archive, now)
-    assert [c.genome.id for c in quant] == ["c1", "c3"]  # median of 0.1 .. 0.95 is 0.5
-    seeds = promoted(PromotionSettings(policy="margin", margin=0.5, top_k=1), 0, kids, archive, now)
+def test_promotion_policies_consider_only_genomes_with_enough_seeds(archive):
+    kids, now = _children(archive, ["c1", "c2", "c3", "c4"]), Visible(1, 0)
+    top = promoted(fitness(policy="top_k", top_k=2), 1, kids, archive, now)
+    assert [c.genome.id for c in top] == ["c1", "c3"]  # c4 (0.99) has one seed: not eligible
+    quant = promoted(fitness(policy="quantile", quantile=0.4, top_k=5), 1, kids, archive, now)
+    assert [c.genome.id for c in quant] == ["c1", "c3"]  # the 0.4 quantile of the six means 0.1 .. 0.99 is 0.5
+    seeds = promoted(fitness(policy="margin", margin=0.5, top_k=1), 0, kids, archive, now)
     assert len(seeds) == 1  # the seed step always promotes top_k
+
+
+def test_margin_promotes_a_gain_of_z_standard_errors(archive):
+    kids, now = _children(archive, ["c1", "c3"]), Visible(1, 0)
+    # c1 - s1 = 0.05; SE of the difference = 0.01 * sqrt(2/3) = 0.0082: z = 2 needs 0.016
+    assert [c.genome.id for c in promoted(fitness(policy="margin", margin=0.0, top_k=5), 1, kids, archive, now)] == ["c1"]
+    assert promoted(fitness(policy="margin", margin=0.04, top_k=5), 1, kids, archive, now) == []  # 0.01 < 0.016
 
 
 def test_quantile_sees_only_finished_steps_and_its_own(archive):
     for gid, s1 in (("late1", 0.99), ("late2", 0.98), ("late3", 0.97)):  # a concurrent step 2, all better
         stored_genome(archive, gid, "llm_mutate", ("s1",), 2)
         archive.add_evaluation(Evaluation(gid, 1, 0, "ok", s1))
-    kids, rule = _children(archive, ["c1", "c3"]), PromotionSettings(policy="quantile", quantile=0.5, top_k=5)
+    kids, rule = _children(archive, ["c1", "c3"]), fitness(policy="quantile", quantile=0.4, top_k=5)
     assert [c.genome.id for c in promoted(rule, 1, kids, archive, Visible(1, 0))] == ["c1", "c3"]
     # the same step seen with step 0 still running (steady state): only its own genomes count
     assert [c.genome.id for c in promoted(rule, 1, kids, archive, Visible(1, 1))] == ["c1", "c3"]

@@ -30,7 +30,7 @@ class Aging:
                 parent = rng.choice(self.queue)
             else:
                 contenders = rng.sample(self.queue, min(self.sample, len(self.queue)))
-                parent = max(contenders, key=lambda m: m.value(self.w))
+                parent = max(contenders, key=lambda m: m.rank(self.w))
             asks.append(Ask((parent,)))
         return asks
 

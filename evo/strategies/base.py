@@ -13,7 +13,7 @@ A `Member` carries what a strategy may select on: its score (the mean stage-1 sc
 training seeds) and the objectives "params" (Mixer parameters), "complexity" (the measured cost
 exponent) and "novelty" (mean cosine distance to its k nearest neighbours among the code
 embeddings of earlier steps); `value(w)` is the single-objective selection value
-score + w * novelty.
+score + w * novelty, ties broken by the lower held-out test loss (`rank`).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class Member:
     score: float | None
     objectives: dict[str, float] = dataclasses.field(default_factory=dict)
     island: int = 0
+    loss: float = 0.0  # mean held-out test loss: breaks ties of the score
 
     @property
     def id(self) -> str:
@@ -43,6 +44,10 @@ class Member:
     def value(self, novelty_weight: float = 0.0) -> float:
         """The single-objective selection value: score + novelty_weight * novelty."""
         return self.score + novelty_weight * self.objectives.get("novelty", 0.0)
+
+    def rank(self, novelty_weight: float = 0.0) -> tuple[float, float]:
+        """What single-objective selection compares: the value, then the lower test loss."""
+        return self.value(novelty_weight), -self.loss
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Islands:
 
     def migrate(self) -> None:
         """The k best of each island replace the k best of the next one, in a ring (DEAP migRing)."""
-        demes = [[individual(m, (m.value(self.w),), (1.0,)) for m in island.population()] for island in self.islands]
+        demes = [[individual(m, m.rank(self.w), (1.0, 1.0)) for m in island.population()] for island in self.islands]
         tools.migRing(demes, min(self.migrants, *(len(d) for d in demes)), tools.selBest)
         for i, (island, deme) in enumerate(zip(self.islands, demes)):
             island.set_population([dataclasses.replace(ind.member, island=i) for ind in deme])

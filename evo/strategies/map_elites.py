@@ -42,7 +42,7 @@ class MapElites:
     def _insert(self, members: list[Member]) -> None:
         for m in members:
             key = self.cell(m) if m.score is not None else None
-            if key is not None and (key not in self.cells or m.value(self.w) > self.cells[key].value(self.w)):
+            if key is not None and (key not in self.cells or m.rank(self.w) > self.cells[key].rank(self.w)):
                 self.cells[key] = m
 
     def seed(self, members: list[Member]) -> None:

@@ -28,7 +28,7 @@ class MuLambda:
         self.pop: list[Member] = []
 
     def _individuals(self, members: list[Member]) -> list:
-        return [individual(m, (m.value(self.w),), (1.0,)) for m in members]
+        return [individual(m, m.rank(self.w), (1.0, 1.0)) for m in members]
 
     def seed(self, members: list[Member]) -> None:
         self.pop = [m for m in members if m.score is not None]
@@ -44,7 +44,7 @@ class MuLambda:
         if self.comma:
             pool = scored
             if len(pool) < self.mu:
-                pool = pool + sorted(self.pop, key=lambda m: -m.value(self.w))[: self.mu - len(pool)]
+                pool = pool + sorted(self.pop, key=lambda m: m.rank(self.w), reverse=True)[: self.mu - len(pool)]
         else:
             pool = self.pop + scored
         if not pool:

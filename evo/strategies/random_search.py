@@ -25,7 +25,7 @@ class RandomSearch:
 
     def tell(self, children: list[Member], rng: random.Random) -> None:
         scored = self.best + [c for c in children if c.score is not None]
-        self.best = sorted(scored, key=lambda m: -m.score)[: len(self.seeds)]
+        self.best = sorted(scored, key=lambda m: m.rank(), reverse=True)[: len(self.seeds)]
 
     def population(self) -> list[Member]:
         return self.seeds + self.best
