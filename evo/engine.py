@@ -27,7 +27,7 @@ from evo.config import Config, ConfigError
 from evo.mainthread import MainThreadLLM
 from evo.neighbours import Neighbours
 from evo.promote import promote
-from evo.score import selection_score
+from evo.score import selection_score, test_loss
 from evo.screen import Child, Visible
 from evo.seeds import load_seeds
 from evo.strategies import Ask, Member, make_strategy
@@ -121,8 +121,11 @@ class Engine:
 
     def member(self, child: Child, step: int) -> Member:
         """A child as strategies see it: its selection score (evo.score), the mean test loss (ties)
-        and its objectives (novelty among earlier steps)."""
-        if child.score is None:
+        and its objectives (novelty among earlier steps); no score after a failed run at either stage."""
+        stage2 = [e.score if e.ok else None for e in self.archive.evaluations(child.genome.id, stage=2)]
+        score = None if child.score is None else selection_score(
+            [e.score for e in child.evaluations], stage2, self.archive.get_meta("seed_baseline") or {})
+        if score is None:
             return Member(child.genome, None, {}, child.genome.island)
         first = child.evaluations[0]
         objectives = {"params": float(first.params or 0)}
@@ -131,9 +134,7 @@ class Engine:
             objectives["complexity"] = float(exponent)
         if self.neighbours is not None:
             objectives["novelty"] = self.neighbours.novelty(child.genome, before=step)
-        stage2 = [e.score for e in self.archive.evaluations(child.genome.id, stage=2) if e.ok]
-        score = selection_score([e.score for e in child.evaluations], stage2, self.archive.get_meta("seed_baseline") or {})
-        loss = statistics.fmean(e.metrics.get("test_loss", 0.0) for e in child.evaluations)
+        loss = statistics.fmean(test_loss(e.metrics) for e in child.evaluations)
         return Member(child.genome, score, objectives, child.genome.island, loss)
 
     def checkpoint(self, step: int, bred: Bred, pending: list) -> None:
@@ -160,7 +161,7 @@ class Engine:
         state = self.archive.checkpoint_state(step)
         if "strategy" not in state:
             raise ConfigError(f"{self.archive.path}: checkpointed by an older evoarch engine; start a new run")
-        members = {gid: Member(self.archive.genome(gid), d["score"], d["objectives"], d["island"], d["loss"])
+        members = {gid: Member(self.archive.genome(gid), d["score"], d["objectives"], d["island"], d.get("loss", 0.0))
                    for gid, d in state["members"].items()}
         self.strategy.restore(state["strategy"], members)
         self.total, self.best = Spent.from_dict(state["total"]), state["best"]

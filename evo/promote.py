@@ -20,7 +20,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from archive.store import Archive
-from evo.score import Estimate, ok_runs, pooled_sd
+from evo.score import estimate, ok_runs, pooled_sd
 from evo.screen import Child, Visible
 from fitness.executor import EvalJob, Executor
 from fitness.settings import FitnessSettings
@@ -60,7 +60,7 @@ def promoted(fitness: FitnessSettings, step: int, scored: list[Child], archive: 
     if step == 0 or rule.policy == "top_k":
         return ranked[:rule.top_k]
     if rule.policy == "quantile":
-        every = sorted(stage1_means(archive, visible).values())
+        every = sorted(statistics.fmean(s) for s in ok_runs(archive, visible).values())
         bar = every[min(len(every) - 1, int(rule.quantile * len(every)))]
         return [c for c in ranked if c.score >= bar][:rule.top_k]
     runs = ok_runs(archive, visible)
@@ -68,22 +68,13 @@ def promoted(fitness: FitnessSettings, step: int, scored: list[Child], archive: 
     seeds = [runs[g.id] for g in archive.genomes(generation=0) if g.operator == "seed" and g.id in runs]
     if not seeds:
         return []
-    base = max((Estimate(statistics.fmean(s), len(s), sd) for s in seeds), key=lambda e: e.mean)
+    base = max((estimate(s, sd) for s in seeds), key=lambda e: e.mean)
 
     def gain_shows(c: Child) -> bool:
-        e = Estimate(c.score, len(c.evaluations), sd)
+        e = estimate([x.score for x in c.evaluations], sd)
         return e.mean - base.mean - rule.margin > r.z * math.hypot(e.se, base.se)
 
     return [c for c in ranked if gain_shows(c)][:rule.top_k]
-
-
-def stage1_means(archive: Archive, visible: Visible) -> dict[str, float]:
-    """genome id -> mean stage-1 score, over the visible genomes whose every stage-1 run is ok."""
-    runs: dict[str, list[Evaluation]] = {}
-    for ev in archive.evaluations(stage=1):
-        runs.setdefault(ev.genome_id, []).append(ev)
-    return {gid: statistics.fmean(e.score for e in evs) for gid, evs in runs.items()
-            if all(e.ok for e in evs) and visible(archive.genome(gid))}
 
 
 def stage1_twin(archive: Archive, child: Child, visible: Visible) -> str | None:

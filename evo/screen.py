@@ -54,14 +54,15 @@ class Child:
 
 @dataclasses.dataclass(frozen=True)
 class Visible:
-    """The genomes step `step` may see: those of steps before `step - lag` and its own (`lag` 1 in the
-    steady-state mode, where the previous step may still be running)."""
+    """The genomes step `step` may see: the seed genomes (step 0 ends before any other starts),
+    those of steps before `step - lag` and its own (`lag` 1 in the steady-state mode, where the
+    previous step may still be running)."""
 
     step: int
     lag: int
 
     def __call__(self, genome: Genome) -> bool:
-        return genome.generation < self.step - self.lag or genome.generation == self.step
+        return genome.generation == 0 or genome.generation < self.step - self.lag or genome.generation == self.step
 
 
 class Screen:

@@ -27,11 +27,12 @@ def open_run(run_dir: Path) -> Archive:
 
 
 def stage_scores(archive: Archive, stage: int) -> dict[str, list[float]]:
-    """genome id -> ok scores at `stage` (one per training seed)."""
-    scores: dict[str, list[float]] = {}
-    for ev in archive.evaluations(stage=stage, status="ok"):
-        scores.setdefault(ev.genome_id, []).append(ev.score)
-    return scores
+    """genome id -> scores at `stage` (one per training seed), for the genomes whose every run at
+    `stage` is ok (a genome that failed one seed has no score, whatever its others drew)."""
+    runs: dict[str, list] = {}
+    for ev in archive.evaluations(stage=stage):
+        runs.setdefault(ev.genome_id, []).append(ev)
+    return {gid: [e.score for e in evs] for gid, evs in runs.items() if all(e.ok for e in evs)}
 
 
 def _mean(scores: list[float]) -> float:

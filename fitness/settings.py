@@ -192,7 +192,7 @@ class StageSettings(BaseModel):
         if self.tasks is not None:
             if not self.tasks or any(not (0 < w <= 1e6) for w in self.tasks.values()):
                 raise ValueError(f"tasks needs at least one task and weights in (0, 1e6], got {self.tasks}")
-        if self.task == "mqar" or "mqar" in (self.tasks or {}):
+        if "mqar" in (self.tasks or {self.task: 1.0}):
             if 4 * self.num_kv_pairs > self.seq_len:
                 raise ValueError(f"mqar needs 4*num_kv_pairs <= seq_len, got kv={self.num_kv_pairs}, T={self.seq_len}")
             if self.seq_len % 2:
@@ -204,18 +204,18 @@ class StageSettings(BaseModel):
 
 # Stage settings by preset; keys given in [fitness.stage1] / [fitness.stage2] override them.
 PRESETS: dict[str, dict[str, dict]] = {
-    "default": {  # CPU, one core per evaluation: stage 1 ~40 s per training seed, stage 2 ~2 min
+    "default": {  # CPU, one core per evaluation: stage 1 ~40-70 s per training seed, stage 2 ~3 min
         "stage1": {"task": "mqar", "seq_len": 128, "num_kv_pairs": 8, "d_model": 64, "n_layers": 2, "n_heads": 1,
                    "steps": 350, "eval_batches": 8},
         "stage2": {"task": "mqar", "seq_len": 256, "num_kv_pairs": 16, "d_model": 64, "n_layers": 2, "n_heads": 2,
-                   "steps": 400, "eval_batches": 8, "seeds": [0, 1]},
+                   "steps": 400, "eval_batches": 8, "seeds": [0, 1], "timeout_s": 900},
     },
     "gpu": {
         "stage1": {"task": "mqar", "seq_len": 256, "num_kv_pairs": 16, "d_model": 128, "n_layers": 2, "n_heads": 2,
-                   "steps": 1000, "batch_size": 128, "eval_batches": 16},
+                   "steps": 1000, "batch_size": 128, "eval_batches": 16, "timeout_s": 600},
         "stage2": {"tasks": {"mqar": 1.0, "shakespeare": 0.5}, "seq_len": 512, "num_kv_pairs": 32, "d_model": 256,
                    "n_layers": 4, "n_heads": 4, "steps": 3000, "batch_size": 128, "lr": 3e-3, "mlp": True,
-                   "eval_batches": 16, "seeds": [0, 1, 2]},
+                   "eval_batches": 16, "seeds": [0, 1, 2], "timeout_s": 3600},
     },
 }
 
@@ -298,7 +298,8 @@ class FitnessSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, raw: object) -> object:
-        """Each stage is its preset's settings with the keys the config gives laid over them."""
+        """Each stage is its preset's settings with the keys the config gives laid over them; a stage
+        that names its `task` or `tasks` takes neither from the preset."""
         if not isinstance(raw, dict) or raw.get("preset", "default") not in PRESETS:
             return raw
         out = dict(raw)
@@ -307,7 +308,10 @@ class FitnessSettings(BaseModel):
             if isinstance(given, StageSettings):
                 given = given.model_dump(exclude_unset=True)
             if given is None or isinstance(given, dict):
-                out[stage] = {**base, **(given or {})}
+                given = given or {}
+                if "task" in given or "tasks" in given:
+                    base = {k: v for k, v in base.items() if k not in ("task", "tasks")}
+                out[stage] = {**base, **given}
         return out
 
     @model_validator(mode="after")

@@ -133,10 +133,18 @@ def test_evo_validate_exits_nonzero_naming_key(tmp_path):
 def test_a_stage_table_overrides_its_preset_key_by_key():
     config = parse_config({"fitness": {"stage2": {"d_model": 128}}})
     assert config.fitness.stage2.d_model == 128 and config.fitness.stage2.n_heads == 2  # the preset's, kept
+    assert config.fitness.stage2.timeout_s > config.fitness.sandbox.timeout_s  # stage 2 trains longer
     gpu = parse_config({"fitness": {"preset": "gpu", "stage1": {"steps": 10}}}).fitness
     assert gpu.stage1.steps == 10 and gpu.stage1.d_model == 128 and "shakespeare" in gpu.stage2.tasks
     with pytest.raises(ConfigError, match="fitness.preset"):
         parse_config({"fitness": {"preset": "tpu"}})
+
+
+def test_a_stage_that_names_its_task_takes_no_task_from_the_preset():
+    gpu = parse_config({"fitness": {"preset": "gpu", "stage2": {"task": "shakespeare"}}}).fitness
+    assert gpu.stage2.task == "shakespeare" and gpu.stage2.tasks is None and gpu.stage2.d_model == 256
+    lm = parse_config({"fitness": {"stage1": {"tasks": {"shakespeare": 1.0}, "seq_len": 33}}}).fitness
+    assert lm.stage1.tasks == {"shakespeare": 1.0}  # no MQAR, so no MQAR constraint (an even seq_len)
 
 
 def test_racing_needs_enough_distinct_seeds():

@@ -59,19 +59,20 @@ def test_quantile_sees_only_finished_steps_and_its_own(archive):
 
 def test_stage1_twin_needs_identical_predictions_with_stage2_results(archive):
     run = {"predictions_sha256": "0123456789abcdef", "reported": {"train_loss": 0.25}}
-    stored_genome(archive, "orig")
+    stored_genome(archive, "orig", "llm_mutate", ("s1",), 1)
     archive.add_evaluation(Evaluation("orig", 1, 0, "ok", 0.7, params=100, metrics=run))
     archive.add_evaluation(Evaluation("orig", 2, 0, "ok", 0.6, params=200, metrics=run))
-    same = stored_genome(archive, "same", "llm_mutate", ("orig",), 1)
+    same = stored_genome(archive, "same", "llm_mutate", ("orig",), 2)
     archive.add_evaluation(Evaluation("same", 1, 0, "ok", 0.7, params=100, metrics=dict(run)))
-    now = Visible(1, 0)
+    now = Visible(2, 0)
     assert stage1_twin(archive, Child(same, evaluations=archive.evaluations("same", stage=1)), now) == "orig"
-    assert stage1_twin(archive, Child(same, evaluations=archive.evaluations("same", stage=1)), Visible(1, 1)) is None
+    # step 1 may still run beside step 2 (steady state): its genomes are not seen
+    assert stage1_twin(archive, Child(same, evaluations=archive.evaluations("same", stage=1)), Visible(2, 1)) is None
     for changed in ({"predictions_sha256": "0123456789abcdee"}, {"seed": 1}):
         m = {**run, **{k: v for k, v in changed.items() if k in run}}
         ev = Evaluation("same", 1, changed.get("seed", 0), "ok", 0.7, params=100, metrics=m)
         assert stage1_twin(archive, Child(same, evaluations=[ev]), now) is None, changed
-    lonely = stored_genome(archive, "lonely", "llm_mutate", ("s1",), 1)
+    lonely = stored_genome(archive, "lonely", "llm_mutate", ("s1",), 1)  # seen by step 2 without lag
     archive.add_evaluation(Evaluation("lonely", 1, 0, "ok", 0.7, params=100, metrics={"predictions_sha256": "ffff"}))
     probe = Evaluation("x", 1, 0, "ok", 0.7, params=100, metrics={"predictions_sha256": "ffff"})
     assert stage1_twin(archive, Child(same, evaluations=[probe]), now) is None  # "lonely" has no stage-2 results

@@ -1,5 +1,6 @@
 """Racing on a real archive: who gets more training seeds, and when it stops (the training itself is
 replaced by scores drawn from a table: this tests the rules, not the fitness)."""
+import dataclasses
 import statistics
 
 import pytest
@@ -7,7 +8,7 @@ from genomes import stored_genome
 
 from archive.store import Archive
 from evo.race import race
-from evo.score import Estimate, pooled_sd, selection_score
+from evo.score import Estimate, estimate, pooled_sd, selection_score
 from evo.screen import Child, Visible
 from fitness.settings import FitnessSettings
 from records import Evaluation
@@ -55,6 +56,10 @@ def run(archive, kids, **settings):
 def test_pooled_sd_and_intervals():
     assert pooled_sd([[0.78, 0.80, 0.82], [0.5]]) == pytest.approx(0.02)
     assert pooled_sd([[0.5]]) == 0.0
+    # weighted by degrees of freedom: variance 0.0004 on 2 dof, 0.0008 on 1 dof
+    assert pooled_sd([[0.78, 0.80, 0.82], [0.50, 0.54]]) == pytest.approx((0.0016 / 3) ** 0.5)
+    assert estimate([0.2, 0.5, 0.8], 0.02).sd == pytest.approx(0.3)  # its own spread, larger than the pool's
+    assert estimate([0.2, 0.8], 0.02).sd == 0.02  # two seeds: the pool's
     e = Estimate(0.8, 4, 0.02)
     assert (e.se, e.low(2), e.high(2)) == (pytest.approx(0.01), pytest.approx(0.78), pytest.approx(0.82))
 
@@ -85,3 +90,35 @@ def test_the_selection_score_takes_the_stage2_verdict_in_stage1_units():
     assert selection_score([0.84, 0.86], [], baseline) == pytest.approx(0.85)
     assert selection_score([0.84, 0.86], [0.55, 0.57], baseline) == pytest.approx(0.76)  # worse than the seeds at stage 2
     assert selection_score([0.84, 0.86], [0.55], {"stage1": 0.80}) == pytest.approx(0.85)  # no stage-2 baseline yet
+    assert selection_score([0.84, 0.86], [0.55, None], baseline) is None  # failing stage 2 keeps nothing
+
+
+def test_a_step_redone_after_a_kill_races_as_the_first_try(archive, tmp_path):
+    """The first try stored some racing seeds before the kill; the redo starts from the same
+    archive plus those results and must ask for the same (child, seed) pairs, training only the rest."""
+    table = {"a": [0.95, 0.93, 0.96, 0.94, 0.95], "b": [0.84, 0.81, 0.86, 0.80, 0.83]}
+    first = run(archive, [child(archive, g, t) for g, t in table.items()])
+
+    again = Archive(tmp_path / "again.sqlite")
+    stored_genome(again, "best")
+    again.add_evaluations([Evaluation("best", 1, s, "ok", v) for s, v in zip(SEEDS, (0.78, 0.80, 0.82))])
+    kids = [child(again, g, t) for g, t in table.items()]
+    stored = []
+    for c, t in kids:  # what the killed try had stored: the child's first two racing seeds
+        stored += [(c.genome.id, s) for g, s in first if g == c.genome.id][:2]
+        evs = [Evaluation(c.genome.id, 1, s, "ok", t[SEEDS.index(s)]) for g, s in stored if g == c.genome.id]
+        again.add_evaluations(evs)
+        c.evaluations.extend(evs)
+    redone = run(again, kids)
+    assert len(first) > len(stored) and redone == [p for p in first if p not in stored]
+    for c, _ in kids:
+        assert sorted(e.seed for e in c.evaluations) == sorted([0] + [s for g, s in first if g == c.genome.id])
+
+
+def test_a_copy_of_the_best_is_not_raced_against_itself(archive):
+    g = stored_genome(archive, "copy", "llm_mutate", ("best",), 1)
+    g = dataclasses.replace(g, code=archive.genome("best").code)
+    evs = [dataclasses.replace(e, genome_id="copy") for e in archive.evaluations("best", stage=1)]
+    asked = []
+    race(1, [Child(g, evaluations=evs)], archive, fitness(), Visible(1, 0), lambda pairs: asked.extend(pairs))
+    assert asked == []

@@ -9,8 +9,9 @@ the state names. `restore(state, members)` rebuilds the strategy from a checkpoi
 randomness comes from the `rng` the engine passes (derived from the run seed and the step), so a
 run replays. `set_population` is how islands exchange migrants.
 
-A `Member` carries what a strategy may select on: its score (the mean stage-1 score over the
-training seeds) and the objectives "params" (Mixer parameters), "complexity" (the measured cost
+A `Member` carries what a strategy may select on: its score (`evo.score.selection_score`: the
+mean stage-1 score over its training seeds, or, once it has stage-2 results, the stage-1 seed
+baseline plus its stage-2 gain) and the objectives "params" (Mixer parameters), "complexity" (the measured cost
 exponent) and "novelty" (mean cosine distance to its k nearest neighbours among the code
 embeddings of earlier steps); `value(w)` is the single-objective selection value
 score + w * novelty, ties broken by the lower held-out test loss (`rank`).
