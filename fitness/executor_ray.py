@@ -36,7 +36,7 @@ from fitness.selftest import require_held, self_test
 from fitness.settings import FitnessSettings
 from records import Evaluation
 
-CANCEL_GRACE_S = 30.0  # how long a cancelled task gets to kill its sandbox before its Ray worker is killed
+CANCEL_GRACE_S = 10.0  # how long a cancelled task gets to kill its sandbox before its Ray worker is killed
 
 
 def _import_ray():

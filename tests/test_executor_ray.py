@@ -108,5 +108,8 @@ def test_closing_early_cancels_and_kills_the_sandbox(ray_executor):
     t0 = time.perf_counter()
     it.close()  # cancels the Ray task, whose sandbox kills the process group (timeout would be 120 s)
     assert time.perf_counter() - t0 < 30
+    gone = time.monotonic() + 10  # a forced cancel kills the Ray worker; its sandbox follows (parent-death signal)
+    while any(alive(pid) for pid in running) and time.monotonic() < gone:
+        time.sleep(0.1)
     assert not any(alive(pid) for pid in running)
     assert not ray_executor._inflight
