@@ -1,4 +1,4 @@
-"""The `evo` command line: run, resume, validate, evaluate, top, show."""
+"""The `evo` command line: run, resume, validate, evaluate, top, show, bench, report, check-report."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,48 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evo.bench.config import load_bench
+    from evo.bench.runner import run_bench
+
+    bench = load_bench(args.config, args.out)
+    out = run_bench(bench, resume=args.resume, allow_changed=args.allow_changed)
+    print(f"bench finished: {bench.folder}\nreport: {out / 'index.html'} (and report.md, events.jsonl, ioh/)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if (path / "matrix.json").exists():
+        from evo.bench.report import write_bench_report
+
+        page = write_bench_report(path) / "index.html"
+    else:
+        from evo.run_report import write_run_report
+
+        page = write_run_report(path)
+    print(f"report: {page}")
+    return check(page, None) if args.check else 0
+
+
+def cmd_check_report(args: argparse.Namespace) -> int:
+    return check(Path(args.page), Path(args.screenshot) if args.screenshot else None)
+
+
+def check(page: Path, screenshot: Path | None) -> int:
+    """Open `page` in headless Chromium; 0 when it shows no console error and every plot draws."""
+    from evo.browser_check import check_page
+
+    try:
+        result = check_page(page, screenshot or page.with_suffix(".png"))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{page}: {result.plots} plots drawn; console errors: {result.console_errors or 'none'}; "
+          f"broken or missing plots: {result.broken or 'none'}; screenshot: {result.screenshot}")
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evo", description="LLM-driven evolutionary search for sequence mixers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("genome_id")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("bench", help="compare strategies on paired seeds at an equal budget (see README)")
+    p.add_argument("config")
+    p.add_argument("--out", help="the bench folder (default: bench.out, else runs/bench/<file stem>)")
+    p.add_argument("--resume", action="store_true", help="finish a bench started before (kill -9 safe)")
+    p.add_argument("--allow-changed", action="store_true", help="with --resume: accept a changed matrix and "
+                   "restart the runs whose config changed")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="HTML report of a run folder or a bench folder")
+    p.add_argument("path")
+    p.add_argument("--check", action="store_true", help="then open it in headless Chromium (evo check-report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("check-report", help="open an HTML report in headless Chromium; fail on console errors "
+                       "or missing plots")
+    p.add_argument("page")
+    p.add_argument("--screenshot", help="where to save the screenshot (default: beside the page)")
+    p.set_defaults(func=cmd_check_report)
     return parser
 
 

