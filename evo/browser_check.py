@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from pathlib import Path
 
 BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -46,6 +47,10 @@ def check_page(page: Path, screenshot: Path | None = None, min_plots: int = 1, t
     try:
         driver.set_page_load_timeout(timeout_s)
         driver.get(page.resolve().as_uri())
+        deadline = time.monotonic() + timeout_s
+        while driver.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # console messages reach the log asynchronously
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         images = driver.execute_script(
             "return Array.from(document.querySelectorAll('img.plot')).map("

@@ -169,13 +169,21 @@ def load_bench(path: str | Path, out: str | None = None) -> Bench:
             raise ConfigError(f"{path}: sweep.strategy = {sw.strategy!r} is not under [strategies] "
                               f"(there: {', '.join(strategies)})")
         swept = strategies.pop(sw.strategy)
+        if len({str(v) for v in sw.values}) != len(sw.values):
+            raise ConfigError(f"{path}: sweep.values {sw.values} repeat a value (they name the strategies)")
         for v in sw.values:
             strategies[_label(f"{sw.strategy}.{sw.key.rsplit('.', 1)[-1]}={v}", path)] = \
                 apply_overrides(copy.deepcopy(swept), [f"{sw.key}={_toml_value(v)}"])
     notes = _add_baselines(strategies, base, s.baselines)
     folder = Path(out or s.out or Path("runs") / "bench" / path.stem)
     bench = Bench(path, s, folder, strategies, notes, spec.sweep)
-    bench.cells()  # every run config validates now, not an hour in
+    cells = bench.cells()  # every run config validates now, not an hour in
+    if s.currency == "llm_tokens" and s.run_deadline_s is None:
+        classic = sorted({c.strategy for c in cells if c.config.operators.kind == "classic"})
+        if classic:
+            raise ConfigError(f"{path}: currency llm_tokens never ends the runs of {', '.join(classic)} (the "
+                              f"classic operator spends no tokens): set bench.run_deadline_s, or baselines without "
+                              f"classic")
     return bench
 
 

@@ -2,8 +2,10 @@
 
 A charged evaluation is one the run's budget counts: it ran in the sandbox for that run, or it was
 answered from the bench's shared store (evo.bench.shared). Each row carries the run's cumulative
-costs, the evaluated genome's stage-1 mean so far and the run's best-so-far (the best stage-1 mean
-over genomes whose every stage-1 training so far is ok), its operator, parents and novelty.
+costs, the evaluated genome's stage-1 mean so far and the run's best-so-far: the best stage-1 mean
+over genomes whose every stage-1 training so far is ok and that have the seeds the engine asks of
+a genome before it may take the best place (racing.min_seeds; a seed genome: its baseline seeds),
+so one lucky training draw does not count. Also its operator, parents and novelty.
 Step-level costs (LLM tokens, wall seconds) are those at the end of the row's step. Rows are in a
 fixed order (`charged`), so a bench replayed after kill -9 gives the same rows.
 """
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from archive.store import Archive
+from evo.config import parse_config
 from evo.summary import ARCHIVE_FILE
 
 if sys.version_info >= (3, 11):
@@ -64,6 +67,9 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
             for gid, m in state.get("members", {}).items():
                 if "novelty" in (m.get("objectives") or {}):
                     novelty.setdefault(gid, m["objectives"]["novelty"])
+        racing = parse_config(tomllib.loads(archive.get_meta("config"))).fitness.racing
+        needed = {gid: min(racing.min_seeds, racing.baseline_seeds) if g.operator == "seed" else racing.min_seeds
+                  for gid, g in genomes.items()}
         s1: dict[str, list] = {}
         rows, n, eval_s, best = [], 0, 0.0, None
         for ev in charged(archive, genomes):
@@ -72,7 +78,7 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
             g = genomes[ev.genome_id]
             if ev.stage == 1:
                 s1.setdefault(ev.genome_id, []).append(ev.score if ev.ok else None)
-                means = {gid: statistics.fmean(v) for gid, v in s1.items() if None not in v}
+                means = {gid: statistics.fmean(v) for gid, v in s1.items() if None not in v and len(v) >= needed[gid]}
                 best = max(means.values()) if means else None
             scores = s1.get(ev.genome_id, [])
             total = step_total.get(g.generation, {})
@@ -116,8 +122,6 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
 def charged(archive: Archive, genomes: dict) -> list:
     """The run's charged evaluations in an order that does not depend on which worker finished first:
     by step, stage, the training seed's place in the config's seed order, then the genome's creation."""
-    from evo.config import parse_config
-
     config = archive.get_meta("config")
     order = parse_config(tomllib.loads(config)).fitness.stage1_seeds() if config else []
     created = {gid: i for i, gid in enumerate(genomes)}

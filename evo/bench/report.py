@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from evo.bench import stats
-from evo.bench.events import RunEvents, read_run, write_jsonl
+from evo.bench.events import RunEvents, read_run, tomllib, write_jsonl
 from evo.bench.ioh_export import write_ioh
 from evo.bench.provenance import provenance
 from evo.report_html import Markup, figure, img, page, table_html, table_md
@@ -44,13 +44,13 @@ def build(info: dict, runs: list[RunEvents]) -> list[tuple[str, str, str]]:
     budget, currency, strategies = info["budget"], info["currency"], info["strategies"]
     by = {s: [r for r in runs if r.strategy == s] for s in strategies}
     by = {s: rs for s, rs in by.items() if rs}
-    finals = {s: stats.final_scores(rs, budget, currency) for s, rs in by.items()}
+    finals = {s: stats.final_scores(rs, budget, currency, info["seeds"]) for s, rs in by.items()}
     sections = [summary(info, runs, by, finals), checklist(info, runs, by)]
     sections.append(final_table(finals, by))
     sections.append(anytime_section(by, info))
     if currency == "evaluations":
         sections.append(targets_section(by, budget))
-    sections.append(pairwise_section(finals, info["seeds"]))
+    sections.append(pairwise_section(finals))
     if info.get("sweep"):
         sections.append(sweep_section(info["sweep"], finals))
     sections.append(noise_section(runs))
@@ -85,7 +85,8 @@ def checklist(info: dict, runs: list[RunEvents], by: dict) -> tuple[str, str, st
         ("at least 5 paired seeds per strategy", n_seeds >= 5),
         (f"equal budget in one currency ({info['currency']}) reached by every run", equal),
         ("end-to-end cost reported (wall seconds, LLM tokens, evaluation seconds per run)", True),
-        ("same training pipeline, data and test sets for every strategy (paired secrets, one fitness protocol)", True),
+        ("same fitness settings, data and test sets for every strategy (paired secrets, one fitness protocol)",
+         same_fitness(info["configs"])),
         ("ablation baselines (aging evolution, classic operator)", "aging" in by and ("classic" in by or any(
             "operators" in c and 'kind = "classic"' in c for c in info["configs"].values()))),
         ("code and configs recorded (commit, config hash: see Provenance)", True),
@@ -98,6 +99,15 @@ def checklist(info: dict, runs: list[RunEvents], by: dict) -> tuple[str, str, st
             for what, ok in items]
     return ("NAS best-practice checklist", table_html(["", "item"], rows),
             table_md(["", "item"], [["yes" if ok else "MISSING", what] for what, ok in items]))
+
+
+def same_fitness(configs: dict[str, str]) -> bool:
+    """Whether every strategy's run config has the same [fitness] apart from where evaluations run."""
+    def fitness(text: str) -> dict:
+        f = tomllib.loads(text).get("fitness", {})
+        return {k: v for k, v in f.items() if k not in ("workers", "executor", "ray_address", "gpus_per_eval")}
+
+    return len({json.dumps(fitness(c), sort_keys=True) for c in configs.values()}) <= 1
 
 
 def final_table(finals: dict, by: dict) -> tuple[str, str, str]:
@@ -143,7 +153,8 @@ def anytime_section(by: dict, info: dict) -> tuple[str, str, str]:
         ax.legend(fontsize="small")
         plots.append(img(fig, f"anytime best-so-far against {cur}"))
         md.append(f"- against {CURRENCY_LABEL[cur]} up to {limit:g}: see index.html")
-    text = "Mean best-so-far over the paired seeds with a 95% percentile-bootstrap band."
+    text = ("Mean best-so-far over the paired seeds with a 95% percentile-bootstrap band. Against wall seconds, "
+            "runs later in a paired seed look faster: they reuse evaluations the bench already ran.")
     return "Anytime performance", f"<p>{text}</p>" + "".join(plots), text + "\n" + "\n".join(md)
 
 
@@ -168,14 +179,17 @@ def targets_section(by: dict, budget: float) -> tuple[str, str, str]:
             text + "\n\n" + table_md(header, rows))
 
 
-def pairwise_section(finals: dict, seeds: list[int]) -> tuple[str, str, str]:
-    rows = stats.pairwise(finals, seeds)
-    header = ["A", "B", "seeds", "mean A−B", "95% CI low", "95% CI high", "Wilcoxon p", "Holm p", "A12", "verdict"]
-    table = [[r["a"], r["b"], r["n"], r["mean_diff"], r["low"], r["high"], r["p"], r.get("p_holm"), r["a12"],
-              f"A {r['verdict']}" if r["verdict"] != "no difference detected" else r["verdict"]] for r in rows]
-    text = ("Paired by seed. The verdict says better or worse only where the bootstrap interval of the mean paired "
-            "difference excludes zero; Holm corrects Wilcoxon's p over all pairs; A12 is the probability that a run "
-            "of A beats a run of B.")
+def pairwise_section(finals: dict) -> tuple[str, str, str]:
+    rows = stats.pairwise(finals)
+    header = ["A", "B", "seeds", "mean A−B", "95% CI low", "95% CI high", "t-test Holm p", "Wilcoxon Holm p", "A12",
+              "verdict"]
+    table = [[r["a"], r["b"], r["n"], r["mean_diff"], r["low"], r["high"], r.get("p_t_holm"), r.get("p_holm"),
+              r["a12"], f"A {r['verdict']}" if r["verdict"] != "no difference detected" else r["verdict"]]
+             for r in rows]
+    text = ("Paired by seed. The verdict says better or worse only where the 95% bootstrap interval of the mean "
+            "paired difference excludes zero and the paired t-test, Holm-corrected over all pairs, gives p < 0.05; "
+            "Wilcoxon's signed-rank p (Holm-corrected) is shown beside it. A12 is the probability that a run of A "
+            "beats a run of B.")
     return "Pairwise comparisons", f"<p>{text}</p>" + table_html(header, table), text + "\n\n" + table_md(header, table)
 
 
@@ -199,9 +213,12 @@ def noise_section(runs: list[RunEvents]) -> tuple[str, str, str]:
     and selection regret."""
     s1: dict[str, list[float]] = {}
     s2: dict[str, list[float]] = {}
+    seen = set()
     for run in runs:
-        for r in run.rows:
-            if r["status"] == "ok":
+        for r in run.rows:  # a genome trained once is listed by every run that reused it: count it once
+            once = (run.seed, r["genome"], r["stage"], r["training_seed"])
+            if r["status"] == "ok" and once not in seen:
+                seen.add(once)
                 (s1 if r["stage"] == 1 else s2).setdefault(f"{run.seed}:{r['genome']}", []).append(r["score"])
     repeated = sorted(((statistics.fmean(v), statistics.stdev(v), len(v), k) for k, v in s1.items() if len(v) >= 2),
                       reverse=True)[:10]
@@ -241,7 +258,7 @@ def runs_section(runs: list[RunEvents], budget: float, currency: str) -> tuple[s
     rows = []
     for r in runs:
         last = r.steps[-1] if r.steps else {}
-        final = stats.final_scores([r], budget, currency)[0]
+        final = stats.final_scores([r], budget, currency, [r.seed])[0]
         rows.append([r.run, r.status, final, r.rows[-1]["evaluation"] if r.rows else 0,
                      sum(x["bench_reused"] for x in r.rows), r.rows[-1]["evaluation_s"] if r.rows else 0.0,
                      last.get("wall_s"), last.get("llm_calls"), last.get("tokens"), r.seed_best])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,18 +35,30 @@ def run_bench(bench: Bench, resume: bool = False, allow_changed: bool = False) -
     check_matrix(folder, matrix, resume, allow_changed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench.toml").write_text(bench.path.read_text())
-    (folder / MATRIX_FILE).write_text(json.dumps(describe(bench, matrix), indent=1))
-    shared = SharedEvaluations(folder / "evaluations.sqlite")
+    tmp = folder / (MATRIX_FILE + ".tmp")
+    tmp.write_text(json.dumps(describe(bench, matrix), indent=1))
+    os.replace(tmp, folder / MATRIX_FILE)
+    # wall time as the currency: a reused evaluation would cost its run no wall time, so nothing is shared
+    shared = None if bench.settings.currency == "wall_s" else SharedEvaluations(folder / "evaluations.sqlite")
     backends: dict[str, object] = {}
     cells = sorted(bench.cells(), key=lambda c: (bench.seeds.index(c.seed), list(bench.strategies).index(c.strategy)))
+    failed = []
     try:
         for cell in tqdm(cells, desc=f"bench {folder.name}", unit="run"):
             started = time.monotonic()
-            if run_cell(cell, folder, shared, backends):
-                log.info("bench: %s done in %.0f s (%d evaluations answered from the bench store so far)",
-                         cell.name, time.monotonic() - started, shared.hits)
+            try:
+                if run_cell(cell, folder, shared, backends):
+                    log.info("bench: %s done in %.0f s (%d evaluations answered from the bench store so far)",
+                             cell.name, time.monotonic() - started, shared.hits if shared else 0)
+            except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others; --resume retries it
+                log.error("bench: run %s stopped with %s: %s (its report row is flagged; --resume retries it)",
+                          cell.name, type(exc).__name__, exc)
+                failed.append(cell.name)
     finally:
-        shared.close()
+        if shared is not None:
+            shared.close()
+    if failed:
+        log.error("bench: %d run(s) did not finish: %s", len(failed), ", ".join(failed))
     from evo.bench.report import write_bench_report
 
     return write_bench_report(folder)
@@ -83,7 +96,7 @@ def check_matrix(folder: Path, matrix: dict[str, str], resume: bool, allow_chang
         shutil.rmtree(folder / "runs" / name, ignore_errors=True)
 
 
-def run_cell(cell: Cell, folder: Path, shared: SharedEvaluations, backends: dict) -> bool:
+def run_cell(cell: Cell, folder: Path, shared: SharedEvaluations | None, backends: dict) -> bool:
     """Start, resume or skip one run; True if it searched."""
     run_dir = folder / "runs" / cell.name
     if (run_dir / ARCHIVE_FILE).exists():

@@ -81,9 +81,10 @@ class SharingExecutor:
                 keys[(job.genome_id, job.stage, job.seed)] = key
                 continue
             run, stored = found
-            self.store.hits += 1
+            mine = run == self.run_name  # stored by this run before an interruption
+            self.store.hits += not mine
             yield Evaluation(**{**stored, "genome_id": job.genome_id,
-                                "metrics": {**stored["metrics"], "bench_reused": run}})
+                                "metrics": {**stored["metrics"], **({} if mine else {"bench_reused": run})}})
         for ev in self.inner.run(todo):
             key = keys.get((ev.genome_id, ev.stage, ev.seed))
             if key is not None and ev.status in ("ok", "rejected", "failed"):  # not the ones cut short by a stop

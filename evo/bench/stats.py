@@ -41,7 +41,7 @@ def band(curves: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
     if curves.shape[0] >= 2:
         for j in range(curves.shape[1]):
             col = curves[:, j][~np.isnan(curves[:, j])]
-            if len(col) >= 2 and np.ptp(col) > 0:
+            if len(col) >= 2 and np.ptp(col) > 1e-9:
                 ci = stats.bootstrap((col,), np.mean, confidence_level=CONFIDENCE, n_resamples=REPS,
                                      method="percentile", random_state=seed).confidence_interval
                 lo[j], hi[j] = ci.low, ci.high
@@ -62,18 +62,20 @@ def anytime(runs: list[RunEvents], currency: str, limit: float, points: int = 60
     return grid, np.array(curves) if curves else np.zeros((0, len(grid)))
 
 
-def final_scores(runs: list[RunEvents], budget: float, currency: str) -> np.ndarray:
-    """Each run's best-so-far at the budget (evaluations: after exactly `budget` charged evaluations;
-    otherwise at the last step that ended within the budget)."""
-    out = []
+def final_scores(runs: list[RunEvents], budget: float, currency: str, seeds: list[int]) -> np.ndarray:
+    """Each paired seed's best-so-far at the budget, NaN for a seed without a run (evaluations: after
+    exactly `budget` charged evaluations; otherwise at the last step that ended within the budget)."""
+    out = np.full(len(seeds), np.nan)
     for run in runs:
         if currency == "evaluations":
-            out.append(run.best_at(budget))
+            value = run.best_at(budget)
         else:
             key = {"wall_s": "wall_s", "llm_tokens": "tokens"}[currency]
             within = [s["best_so_far"] for s in run.steps if s[key] <= budget and s["best_so_far"] is not None]
-            out.append(within[-1] if within else None)
-    return np.array([np.nan if v is None else v for v in out], dtype=float)
+            value = within[-1] if within else None
+        if value is not None and run.seed in seeds:
+            out[seeds.index(run.seed)] = value
+    return out
 
 
 def targets(seed_best: float) -> list[float]:
@@ -118,10 +120,11 @@ def a12(a: np.ndarray, b: np.ndarray) -> float:
     return float(gt / (len(a) * len(b)))
 
 
-def pairwise(finals: dict[str, np.ndarray], seeds: list[int], seed: int = 0) -> list[dict]:
-    """Every pair of strategies compared on the seeds both finished: the mean paired difference with its
-    95% bootstrap interval, Wilcoxon's p (Holm-corrected over the pairs), A12, and a verdict that says
-    better/worse only when the interval excludes zero."""
+def pairwise(finals: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
+    """Every pair of strategies compared on the paired seeds both have: the mean paired difference with its
+    95% bootstrap interval, the paired t-test's and Wilcoxon's p (each Holm-corrected over the pairs), A12,
+    and a verdict: better/worse only when the interval excludes zero and the Holm-corrected t-test
+    gives p < 0.05 (Wilcoxon cannot go below p = 0.0625 with five seeds)."""
     from statsmodels.stats.multitest import multipletests
 
     rows = []
@@ -130,23 +133,23 @@ def pairwise(finals: dict[str, np.ndarray], seeds: list[int], seed: int = 0) -> 
         x, y = finals[a][ok], finals[b][ok]
         d = x - y
         row = {"a": a, "b": b, "n": int(ok.sum()), "mean_diff": float(d.mean()) if len(d) else math.nan,
-               "low": math.nan, "high": math.nan, "p": 1.0, "a12": a12(x, y) if len(d) else math.nan}
-        if len(d) >= 2:
-            if np.ptp(d) > 0:
-                ci = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=REPS,
-                                     method="percentile", random_state=seed).confidence_interval
-                row["low"], row["high"] = float(ci.low), float(ci.high)
-            else:
-                row["low"] = row["high"] = float(d[0])
-            if np.any(d != 0):
-                row["p"] = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+               "low": math.nan, "high": math.nan, "p_t": 1.0, "p": 1.0, "a12": a12(x, y) if len(d) else math.nan}
+        if len(d) >= 2 and np.ptp(d) > 1e-9:
+            ci = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=REPS,
+                                 method="percentile", random_state=seed).confidence_interval
+            row["low"], row["high"] = float(ci.low), float(ci.high)
+            row["p_t"] = float(stats.ttest_rel(x, y).pvalue)
+            row["p"] = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+        elif len(d) >= 2:  # the same difference on every seed: no spread to test against
+            row["low"] = row["high"] = float(d[0])
         rows.append(row)
     if rows:
-        holm = multipletests([r["p"] for r in rows], method="holm")[1]
-        for r, p in zip(rows, holm):
-            r["p_holm"] = float(p)
-            excludes = r["n"] >= 2 and (r["low"] > 0 or r["high"] < 0)
-            r["verdict"] = ("better" if r["low"] > 0 else "worse") if excludes else "no difference detected"
+        holm_t = multipletests([r["p_t"] for r in rows], method="holm")[1]
+        holm_w = multipletests([r["p"] for r in rows], method="holm")[1]
+        for r, pt, pw in zip(rows, holm_t, holm_w):
+            r["p_t_holm"], r["p_holm"] = float(pt), float(pw)
+            shown = r["n"] >= 3 and pt < 0.05 and (r["low"] > 0 or r["high"] < 0)
+            r["verdict"] = ("better" if r["low"] > 0 else "worse") if shown else "no difference detected"
     return rows
 
 
