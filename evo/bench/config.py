@@ -37,7 +37,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evo.config import STRATEGIES, Config, ConfigError, apply_overrides, dump_config, parse_config
+from evo.config import (
+    STRATEGIES,
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_config,
+    parse_config,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

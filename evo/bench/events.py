@@ -59,7 +59,7 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
     try:
         genomes = {g.id: g for g in archive.genomes()}
         step_total, novelty = {}, {}
-        for step in range(0, (archive.last_checkpoint() or 0) + 1):
+        for step in range((archive.last_checkpoint() or 0) + 1):
             state = archive.checkpoint_state(step)
             if state is None:
                 continue

@@ -12,8 +12,8 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from fitness.executor import EvalJob, Executor
 from fitness.protocol import FITNESS_PROTOCOL
@@ -55,7 +55,7 @@ class SharedEvaluations:
             self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?)",
                              (key, run, json.dumps(dataclasses.asdict(ev), default=float)))
 
-    def wrap(self, executor: Executor, fitness: FitnessSettings, secret: bytes, run: str) -> "SharingExecutor":
+    def wrap(self, executor: Executor, fitness: FitnessSettings, secret: bytes, run: str) -> SharingExecutor:
         """`executor` for run `run`, answering from this store where it can."""
         return SharingExecutor(executor, self, fitness, secret, run)
 
