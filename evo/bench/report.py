@@ -57,7 +57,10 @@ def build(info: dict, runs: list[RunEvents]) -> list[tuple[str, str, str]]:
     sections.append(seeds_section(runs, info["seeds"]))
     sections.append(runs_section(runs, budget, currency))
     prov = provenance(list(info["configs"].values()), info["seeds"], info.get("models", []))
+    start = info.get("provenance_at_start", {})
     rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in prov.items()]
+    rows += [[f"{k} (bench started)", json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in start.items()
+             if k in ("commit", "packages") and v != prov.get(k)]
     sections.append(("Provenance", table_html(["fact", "value"], rows), table_md(["fact", "value"], rows)))
     return sections
 

@@ -68,11 +68,15 @@ def describe(bench: Bench, matrix: dict[str, str]) -> dict:
     """What the report needs to know of the bench, stored beside its runs."""
     cells = bench.cells()
     sweep = bench.sweep
-    return {"matrix": matrix, "notes": bench.notes, "strategies": list(bench.strategies), "seeds": bench.seeds,
+    from evo.bench.provenance import provenance
+
+    models = sorted({c.config.llm.model for c in cells if c.config.operators.kind != "classic"})
+    started = provenance([dump_config(c.config) for c in cells if c.seed == bench.seeds[0]], bench.seeds, models)
+    return {"matrix": matrix, "notes": bench.notes, "provenance_at_start": started, "strategies": list(bench.strategies), "seeds": bench.seeds,
             "currency": bench.settings.currency, "budget": bench.budget_value, "source": str(bench.path),
             "runs": [{"name": c.name, "strategy": c.strategy, "seed": c.seed} for c in cells],
             "configs": {c.strategy: dump_config(c.config) for c in cells if c.seed == bench.seeds[0]},
-            "models": sorted({c.config.llm.model for c in cells if c.config.operators.kind != "classic"}),
+            "models": models,
             "sweep": None if sweep is None else {"strategy": sweep.strategy, "key": sweep.key,
                                                  "values": [str(v) for v in sweep.values]}}
 
