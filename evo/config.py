@@ -320,16 +320,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read, override and validate a TOML config file."""
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """The TOML file as a dict; ConfigError naming the file when it is missing or not TOML."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(apply_overrides(raw, list(overrides)), str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read, override and validate a TOML config file."""
+    return parse_config(apply_overrides(read_toml(path), list(overrides)), str(path))
 
 
 def dump_config(config: Config) -> str:

@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,12 +43,8 @@ from evo.config import (
     apply_overrides,
     dump_config,
     parse_config,
+    read_toml,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CURRENCIES = {"evaluations": "max_evaluations", "llm_tokens": "max_llm_tokens", "wall_s": "max_wall_s"}
 BASELINES = ("random", "aging", "classic")
@@ -150,24 +145,20 @@ class Bench:
 def load_bench(path: str | Path, out: str | None = None) -> Bench:
     """Read and validate a bench file; raise ConfigError naming every problem."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such bench file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "bench file")
     try:
         spec = BenchFile.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"{path}: {len(lines)} error(s)\n  " + "\n  ".join(lines)) from None
     s = spec.bench
-    base = _read(path.parent / s.base, f"{path} bench.base")
+    base = read_toml(path.parent / s.base, f"config file (bench.base of {path})")
     base = merge(base, s.patch)
     strategies: dict[str, dict] = {}
     for label, entry in spec.strategies.items():
         entry = dict(entry)
-        start = merge(_read(path.parent / entry.pop("config"), f"{path} strategies.{label}.config"), s.patch) \
+        start = merge(read_toml(path.parent / entry.pop("config"), f"config file (strategies.{label}.config of {path})"),
+                      s.patch) \
             if "config" in entry else base
         strategies[_label(label, path)] = merge(start, entry)
     if spec.sweep is not None:
@@ -242,15 +233,6 @@ def _same(a: dict, b: dict) -> bool:
         return dump_config(parse_config(copy.deepcopy(a))) == dump_config(parse_config(copy.deepcopy(b)))
     except ConfigError:
         return False
-
-
-def _read(path: Path, what: str) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: no such config file {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
 
 
 def _label(label: str, path: Path) -> str:
