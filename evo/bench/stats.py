@@ -62,6 +62,16 @@ def anytime(runs: list[RunEvents], currency: str, limit: float, points: int = 60
     return grid, np.array(curves) if curves else np.zeros((0, len(grid)))
 
 
+def paired_difference(runs: list[RunEvents], reference: list[RunEvents], currency: str,
+                      limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, seeds × grid) best-so-far of `runs` minus that of `reference` on the same paired seed."""
+    grid, mine = anytime(runs, currency, limit)
+    _, theirs = anytime(reference, currency, limit)
+    ref = {r.seed: theirs[i] for i, r in enumerate(reference)}
+    diffs = [mine[i] - ref[r.seed] for i, r in enumerate(runs) if r.seed in ref]
+    return grid, np.array(diffs) if diffs else np.zeros((0, len(grid)))
+
+
 def final_scores(runs: list[RunEvents], budget: float, currency: str, seeds: list[int]) -> np.ndarray:
     """Each paired seed's best-so-far at the budget, NaN for a seed without a run (evaluations: after
     exactly `budget` charged evaluations; otherwise at the last step that ended within the budget)."""
