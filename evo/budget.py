@@ -3,7 +3,7 @@
 Every step records its LLM calls (and how many were answered from the cache), prompt and
 completion tokens (cached answers count: a resumed run is charged what the uninterrupted one
 was), sandboxed evaluations by stage (neither results copied from an identical genome nor
-rejections before the sandbox count), evaluation
+rejections before the sandbox count; one with a learning-rate sweep counts once per rate), evaluation
 seconds and wall seconds. The checkpoint of step s stores that step's spending and the run's
 totals, so runs compare at equal budget on any axis and a resumed run keeps counting.
 """
@@ -63,10 +63,16 @@ def step_spent(proposals: Iterable[Proposal], evaluations: Iterable[Evaluation],
         if "launch" in ev.metrics and "reused_from" not in ev.metrics:  # ran in the sandbox for this genome
             spent.evaluation_s += ev.wall_s
             if ev.stage == 1:
-                spent.evaluations_stage1 += 1
+                spent.evaluations_stage1 += trainings(ev)
             else:
-                spent.evaluations_stage2 += 1
+                spent.evaluations_stage2 += trainings(ev)
     return spent
+
+
+def trainings(ev: Evaluation) -> int:
+    """What one evaluation counts in the budget: 1, or the rates of its stage's learning-rate sweep."""
+    trials = [v for k, v in ev.metrics.items() if k.endswith("lr_trials") and isinstance(v, int)]
+    return max(trials, default=1)
 
 
 def exhausted(budget: BudgetSettings, total: Spent, best: float | None) -> str | None:

@@ -35,7 +35,8 @@ from fitness.train import training_seeds
 from records import Evaluation
 
 REASON_CHARS = 2000
-TRAINED = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer")
+TRAINED = ("train_loss", "train_s", "steps_per_s", "params_total", "params_mixer", "params_mixer_layer", "lr", "val_loss",
+           "lr_trials", "val_loss_by_lr")
 PROBE_ROWS = 8  # rows of the complexity probe's forward passes
 
 

@@ -164,6 +164,11 @@ class StageSettings(BaseModel):
     batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
     steps: int = Field(350, ge=1, le=10_000_000, description="Optimizer steps.")
     lr: float = Field(1e-2, gt=0, le=1.0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
+    lr_sweep: list[float] | None = Field(
+        None, min_length=2, max_length=8,
+        description="Optional: train once per peak rate listed (instead of `lr`) and keep the model with the "
+        "lowest loss on validation batches drawn apart from the training batches (never the test set); each "
+        "rate counts as one evaluation in the run's budget.")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
     warmup_frac: float = Field(0.1, ge=0, lt=1.0, description="Fraction of steps of linear learning-rate warm-up.")
     eval_batches: int = Field(
@@ -187,6 +192,9 @@ class StageSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "StageSettings":
+        if self.lr_sweep is not None and (len(set(self.lr_sweep)) != len(self.lr_sweep)
+                                          or any(not (0 < r <= 1.0) for r in self.lr_sweep)):
+            raise ValueError(f"lr_sweep needs distinct rates in (0, 1], got {self.lr_sweep}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         if self.tasks is not None:

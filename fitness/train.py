@@ -172,9 +172,35 @@ class Trainer:
     # ---- training, answering --------------------------------------------------------------------
 
     def train(self, task_name: str) -> dict:
-        """Build and train for the stage's steps on `task_name`; the training metrics."""
+        """Train on `task_name` (each rate of the stage's `lr_sweep` in turn, keeping the model with the
+        lowest loss on validation batches drawn apart from the training batches; none of the held-out test
+        set); the training metrics."""
+        if not self.stage.lr_sweep:
+            return self._train_once(task_name, self.stage.lr)
+        best = None
+        losses = {}
+        for lr in self.stage.lr_sweep:
+            metrics = self._train_once(task_name, lr)
+            losses[lr] = metrics["val_loss"]
+            if best is None or metrics["val_loss"] < best[0]["val_loss"]:
+                best = (metrics, [p.detach().clone() for p in registered_parameters(self.model)])
+        metrics, saved = best
+        metrics["val_loss"] = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else None
+        params = registered_parameters(self.model)
+        if [p.shape for p in params] != [p.shape for p in saved]:
+            raise CheckFailed("the Mixer's parameters changed shape between the learning-rate sweep's trainings: "
+                              "a Mixer must build the same parameters every time")
+        with torch.no_grad():
+            for p, q in zip(params, saved):
+                p.copy_(q)
+        self.version += 1
+        return {**metrics, "lr_trials": len(losses),
+                "val_loss_by_lr": {str(k): v if math.isfinite(v) else None for k, v in losses.items()}}
+
+    def _train_once(self, task_name: str, lr: float) -> dict:
+        """Build and train for the stage's steps at peak rate `lr`; the training metrics."""
         self.build(task_name)
-        stage = self.stage_task
+        stage = self.stage_task.model_copy(update={"lr": lr})
         params = registered_parameters(self.model)
         opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
@@ -202,9 +228,29 @@ class Trainer:
         train_s = time.perf_counter() - t0
         tail = losses[-max(1, len(losses) // 10):]
         layer_params = sum(p.numel() for p in self.slots[0].parameters())
-        return {"train_loss": sum(tail) / len(tail), "params_total": sum(p.numel() for p in params),
-                "params_mixer": layer_params * len(self.slots), "params_mixer_layer": layer_params,
-                "train_s": train_s, "steps_per_s": stage.steps / train_s if train_s > 0 else 0.0}
+        out = {"train_loss": sum(tail) / len(tail), "params_total": sum(p.numel() for p in params),
+               "params_mixer": layer_params * len(self.slots), "params_mixer_layer": layer_params,
+               "train_s": train_s, "steps_per_s": stage.steps / train_s if train_s > 0 else 0.0, "lr": lr}
+        if self.stage.lr_sweep:
+            out["val_loss"] = self.validation_loss(task_name)
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self, task_name: str, batches: int = 4) -> float:
+        """Mean loss on training-distribution batches drawn from their own seed (not the training batches,
+        not the engine's test set); NaN or infinite counts as infinitely bad."""
+        data = torch.Generator().manual_seed(derived(self.seeds["data"][task_name], "validation"))
+        self.model.eval()
+        self._mode(0, False)
+        total, n = 0.0, 0
+        for _ in range(batches):
+            batch = self.task.make_batch(data, self.stage.batch_size)
+            mask = batch.mask.to(self.device)
+            logits, _ = self.forward(batch.inputs.to(self.device), mask, 0, grad=False)
+            total += nn.functional.cross_entropy(logits, batch.targets.to(self.device)[mask], reduction="sum").item()
+            n += int(mask.sum())
+        loss = total / max(1, n)
+        return loss if math.isfinite(loss) else math.inf
 
     @torch.no_grad()
     def predict(self, replica: int, inputs: np.ndarray, request: np.ndarray,

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from archive.store import Archive
+from evo.budget import trainings
 from evo.config import parse_config
 from evo.summary import ARCHIVE_FILE
 
@@ -73,7 +74,7 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
         s1: dict[str, list] = {}
         rows, n, eval_s, best = [], 0, 0.0, None
         for ev in charged(archive, genomes):
-            n += 1
+            n += trainings(ev)
             eval_s += ev.wall_s
             g = genomes[ev.genome_id]
             if ev.stage == 1:
