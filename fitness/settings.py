@@ -160,6 +160,12 @@ class StageSettings(BaseModel):
     n_heads: int = Field(1, ge=1, le=256, description="Passed to Mixer(d_model, n_heads); must divide d_model.")
     seq_len: int = Field(64, ge=8, le=65_536, description="Sequence length T of every example.")
     num_kv_pairs: int = Field(4, ge=1, le=16_384, description="MQAR key-value pairs per example (4*kv <= T).")
+    mqar_slices: list[tuple[int, int]] | None = Field(
+        None, min_length=2, max_length=8,
+        description="Optional, MQAR only: several (seq_len, num_kv_pairs) slices as in Zoology, e.g. [[64, 4], "
+        "[128, 8], [256, 16]]: each training batch is one slice drawn at random, the test set holds every slice "
+        "(about as many queries each) and the score is the accuracy over all of them. Distinct lengths; seq_len "
+        "must be the longest (the checks and the complexity probe use it).")
     vocab_size: int = Field(8192, ge=16, le=1_000_000, description="Vocabulary size (keys from the lower half, values from the upper).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
     steps: int = Field(350, ge=1, le=10_000_000, description="Optimizer steps.")
@@ -200,13 +206,20 @@ class StageSettings(BaseModel):
         if self.tasks is not None:
             if not self.tasks or any(not (0 < w <= 1e6) for w in self.tasks.values()):
                 raise ValueError(f"tasks needs at least one task and weights in (0, 1e6], got {self.tasks}")
+        if self.mqar_slices is not None:
+            lengths = [t for t, _ in self.mqar_slices]
+            if len(set(lengths)) != len(lengths) or max(lengths) != self.seq_len:
+                raise ValueError(f"mqar_slices need distinct lengths and seq_len = the longest, got {self.mqar_slices} "
+                                 f"with seq_len={self.seq_len}")
         if "mqar" in (self.tasks or {self.task: 1.0}):
-            if 4 * self.num_kv_pairs > self.seq_len:
-                raise ValueError(f"mqar needs 4*num_kv_pairs <= seq_len, got kv={self.num_kv_pairs}, T={self.seq_len}")
-            if self.seq_len % 2:
-                raise ValueError(f"mqar needs an even seq_len, got {self.seq_len}")
-            if self.vocab_size // 2 <= self.num_kv_pairs + 1 or self.vocab_size <= self.seq_len:
-                raise ValueError(f"mqar needs vocab_size > seq_len and vocab_size/2 > kv+1, got {self.vocab_size}")
+            for t, kv in self.mqar_slices or [(self.seq_len, self.num_kv_pairs)]:
+                if 4 * kv > t or kv < 1:
+                    raise ValueError(f"mqar needs 1 <= kv and 4*kv <= T, got kv={kv}, T={t}")
+                if t % 2:
+                    raise ValueError(f"mqar needs an even seq_len, got {t}")
+                if self.vocab_size // 2 <= kv + 1 or self.vocab_size <= t:
+                    raise ValueError(f"mqar needs vocab_size > T and vocab_size/2 > kv+1, got {self.vocab_size} "
+                                     f"for T={t}, kv={kv}")
         return self
 
 
@@ -221,7 +234,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     "gpu": {
         "stage1": {"task": "mqar", "seq_len": 256, "num_kv_pairs": 16, "d_model": 128, "n_layers": 2, "n_heads": 2,
                    "steps": 1000, "batch_size": 128, "eval_batches": 16, "timeout_s": 600},
-        "stage2": {"tasks": {"mqar": 1.0, "shakespeare": 0.5}, "seq_len": 512, "num_kv_pairs": 32, "d_model": 256,
+        "stage2": {"tasks": {"mqar": 1.0, "shakespeare": 0.5}, "seq_len": 512, "num_kv_pairs": 32,
+                   "mqar_slices": [[128, 8], [256, 16], [512, 32]], "d_model": 256,
                    "n_layers": 4, "n_heads": 4, "steps": 3000, "batch_size": 128, "lr": 3e-3, "mlp": True,
                    "eval_batches": 16, "seeds": [0, 1, 2], "timeout_s": 3600},
     },

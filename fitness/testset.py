@@ -156,7 +156,7 @@ def _build(stage_json: str, task_name: str, secret: bytes, twins: bool = True) -
     # the seed depends on what shapes the data, not on training settings: stages that differ only
     # in steps, lr or seeds are scored on the same examples
     seed = derive_seed(secret, "test", task_name, stage.seq_len, stage.num_kv_pairs, stage.vocab_size,
-                       stage.batch_size, stage.eval_batches)
+                       stage.batch_size, stage.eval_batches, *([stage.mqar_slices] if stage.mqar_slices else []))
     gen = torch.Generator().manual_seed(seed)
     batches = task.test_batches(gen, stage.batch_size, stage.eval_batches)
     rows = [[(b.inputs[i], b.targets[i], b.mask[i].clone(), True) for i in range(len(b.inputs))] for b in batches]

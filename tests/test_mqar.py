@@ -51,6 +51,45 @@ def test_test_side_candidates_and_twins():
     assert task.metrics(2.0, 0.75) == {"score": 0.75}
 
 
+def test_slices_train_on_each_and_test_on_all():
+    task = MQAR(vocab_size=512, seq_len=128, slices=((32, 2), (64, 4), (128, 8)))
+    g = torch.Generator().manual_seed(0)
+    lengths = {task.make_batch(g, 4).inputs.shape[1] for _ in range(30)}
+    assert lengths == {32, 64, 128}  # training batches come from every slice
+    tests = task.test_batches(torch.Generator().manual_seed(1), 16, 2)
+    assert [b.inputs.shape for b in tests] == [(16, 32)] * 2 + [(8, 64)] * 2 + [(4, 128)] * 2
+    assert {int(b.mask.sum()) for b in tests} == {32}  # about as many queries per slice
+    for b in tests:
+        kv = {32: 2, 64: 4, 128: 8}[b.inputs.shape[1]]
+        assert (b.mask.sum(dim=1) == kv).all()
+        cand = task.candidates(b.inputs, b.mask)
+        assert cand.shape == (int(b.mask.sum()), kv) and (cand == b.targets[b.mask][:, None]).any(dim=1).all()
+
+
+def test_slices_in_the_stage_settings():
+    from fitness.settings import StageSettings
+
+    stage = StageSettings(seq_len=128, vocab_size=512, mqar_slices=[[64, 4], [128, 8]])
+    assert MQAR.from_stage(stage).all_slices() == ((64, 4), (128, 8))
+    with pytest.raises(ValueError, match="seq_len = the longest"):
+        StageSettings(seq_len=256, vocab_size=512, mqar_slices=[[64, 4], [128, 8]])
+    with pytest.raises(ValueError, match="4\\*kv <= T"):
+        StageSettings(seq_len=128, vocab_size=512, mqar_slices=[[64, 20], [128, 8]])
+
+
+def test_a_stage_of_slices_trains_and_scores():
+    from fitness.settings import StageSettings
+
+    stage = StageSettings(d_model=16, n_layers=1, seq_len=64, vocab_size=128, batch_size=16, steps=40, eval_batches=1,
+                          mqar_slices=[[32, 2], [64, 4]])
+    from evo.seeds import load_seeds
+    from fitness.testset import train_and_score
+    from genomes import SECRET
+
+    metrics = train_and_score(dict(load_seeds())["delta_rule"], stage, 0, SECRET)
+    assert 0.0 <= metrics["score"] <= 1.0 and metrics["test_positions"] == 32 + 32
+
+
 def _train(name: str, stage) -> float:
     from evo.seeds import load_seeds
     from fitness.testset import train_and_score

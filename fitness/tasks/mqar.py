@@ -32,21 +32,35 @@ def _distinct(g: torch.Generator, rows: int, k: int, low: int, high: int) -> tor
 
 @dataclasses.dataclass
 class MQAR:
-    """MQAR generator for one (vocab_size, seq_len, num_kv_pairs), deterministic per torch.Generator."""
+    """MQAR generator for one vocab_size and one (seq_len, num_kv_pairs) slice, or several `slices`
+    as in Zoology (each training batch from a slice drawn at random; the test set has every slice,
+    with rows in inverse proportion to kv so each slice asks about as many queries); deterministic
+    per torch.Generator."""
 
     vocab_size: int = 8192
     seq_len: int = 64
     num_kv_pairs: int = 4
     power_a: float = 0.01
+    slices: tuple[tuple[int, int], ...] = ()  # (seq_len, num_kv_pairs), distinct lengths; () the one above
 
     @classmethod
     def from_stage(cls, stage) -> "MQAR":
         """Build from StageSettings."""
-        return cls(vocab_size=stage.vocab_size, seq_len=stage.seq_len, num_kv_pairs=stage.num_kv_pairs)
+        slices = tuple((int(t), int(kv)) for t, kv in stage.mqar_slices or ())
+        return cls(vocab_size=stage.vocab_size, seq_len=stage.seq_len, num_kv_pairs=stage.num_kv_pairs, slices=slices)
+
+    def all_slices(self) -> tuple[tuple[int, int], ...]:
+        """The (seq_len, num_kv_pairs) slices trained and tested on."""
+        return self.slices or ((self.seq_len, self.num_kv_pairs),)
 
     def make_batch(self, generator: torch.Generator, batch_size: int) -> Batch:
         """Draw one batch of MQAR examples (Zoology layout, labels aligned with the query key)."""
-        g, b, kv, t, v = generator, batch_size, self.num_kv_pairs, self.seq_len, self.vocab_size
+        slices = self.all_slices()
+        t, kv = slices[int(torch.randint(len(slices), (1,), generator=generator))] if len(slices) > 1 else slices[0]
+        return self._batch(generator, batch_size, t, kv)
+
+    def _batch(self, generator: torch.Generator, batch_size: int, t: int, kv: int) -> Batch:
+        g, b, v = generator, batch_size, self.vocab_size
         half = v // 2
         keys = _distinct(g, b, kv, 1, half)  # keys in [1, half)
         values = _distinct(g, b, kv, half, v)  # values in [half, v)
@@ -66,12 +80,17 @@ class MQAR:
         return Batch(inputs, targets, mask)
 
     def test_batches(self, generator: torch.Generator, rows: int, n_batches: int) -> list[Batch]:
-        """Held-out batches: `n_batches` draws of `rows` examples from the engine's generator."""
-        return [self.make_batch(generator, rows) for _ in range(n_batches)]
+        """Held-out batches: `n_batches` draws of `rows` examples from the engine's generator, per slice
+        (several slices: rows × smallest kv / the slice's kv, at least one)."""
+        slices = self.all_slices()
+        low = min(kv for _, kv in slices)
+        return [self._batch(generator, max(1, rows * low // kv) if len(slices) > 1 else rows, t, kv)
+                for t, kv in slices for _ in range(n_batches)]
 
     def candidates(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(N, kv): for each scored position (row-major), the values of its row's key-value pairs."""
-        values = inputs[:, 1:2 * self.num_kv_pairs:2]
+        kv = dict(self.all_slices())[inputs.shape[1]]
+        values = inputs[:, 1:2 * kv:2]
         return values.repeat_interleave(mask.sum(dim=1), dim=0)
 
     def continue_after(self, row: torch.Tensor, scored: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
