@@ -102,6 +102,9 @@ def test_bad_bench_files_are_named(tmp_path):
     path.write_text(BENCH.format(budget=12) + '\n[sweep]\nstrategy = "nope"\nkey = "a.b"\nvalues = [1, 2]\n')
     with pytest.raises(ConfigError, match="sweep.strategy = 'nope'"):
         load_bench(path)
+    path.write_text(BENCH.format(budget=12) + "budget = { max_steps = 9 }\n")
+    with pytest.raises(ConfigError, match="sets search.budget"):
+        load_bench(path)
     path.write_text(BENCH.format(budget=12).replace('strategy = "mu_plus_lambda"', 'strategy = "hill"'))
     with pytest.raises(ConfigError, match="search.strategy"):
         load_bench(path)

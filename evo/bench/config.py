@@ -157,6 +157,9 @@ def load_bench(path: str | Path, out: str | None = None) -> Bench:
     strategies: dict[str, dict] = {}
     for label, entry in spec.strategies.items():
         entry = dict(entry)
+        if "budget" in entry.get("search", {}):
+            raise ConfigError(f"{path}: strategies.{label} sets search.budget: the bench gives every run the same "
+                              f"budget (bench.currency, bench.budget, bench.run_deadline_s)")
         start = merge(read_toml(path.parent / entry.pop("config"), f"config file (strategies.{label}.config of {path})"),
                       s.patch) \
             if "config" in entry else base
