@@ -211,6 +211,18 @@ def test_kill_9_then_resume_gives_the_same_tables(bench_dir, tmp_path):
     assert changed.returncode == 2 and "matrix changed" in changed.stderr
 
 
+def test_parallel_runs_give_the_same_tables(bench_dir, tmp_path):
+    path = write_bench(tmp_path)
+    text = path.read_text().replace("seeds = 2", "seeds = 2\nparallel_runs = 2")
+    path.write_text(text.replace("[strategies.", "[bench.patch.fitness]\nworkers = 1\n[strategies.", 1))
+    out = tmp_path / "out"
+    (out / "secrets").mkdir(parents=True)  # the same test sets and training draws as the sequential bench
+    for key in (bench_dir / "secrets").iterdir():
+        (out / "secrets" / key.name).write_bytes(key.read_bytes())
+    run_bench(load_bench(path, str(out)))
+    assert final_tables(out) == final_tables(bench_dir)
+
+
 def synthetic_run(strategy: str, seed: int, level: float, budget: int = 10) -> RunEvents:
     """A run whose best-so-far climbs to `level` (a stand-in for the report's logic, not for a search)."""
     level += 0.01 * seed

@@ -7,6 +7,7 @@ seeds = 5                       # paired seeds 0..4, or a list
 currency = "evaluations"        # what the equal budget counts: evaluations, llm_tokens or wall_s
 budget = 30                     # per run, in that currency
 run_deadline_s = 3600           # optional: stop a run after this many wall seconds as well (flagged)
+parallel_runs = 1               # optional: runs at once, each its own process (classic operator only)
 baselines = ["random", "aging", "classic"]   # added unless already in the matrix; [] for none
 
 [bench.patch]                   # TOML tables merged into every run's config
@@ -61,6 +62,8 @@ class BenchSettings(_Strict):
     currency: Literal["evaluations", "llm_tokens", "wall_s"] = Field(
         "evaluations", description="what the equal budget counts (the other costs are recorded)")
     budget: float = Field(gt=0, description="each run's budget in the currency")
+    parallel_runs: int = Field(1, ge=1, le=256, description="runs at once, each in its own process with its "
+                               "own fitness.workers; above 1 for the classic operator only (one model per process)")
     run_deadline_s: float | None = Field(None, gt=0, description="also stop a run after this many wall seconds "
                                          "(the report flags runs that stopped before their budget)")
     baselines: list[Literal["random", "aging", "classic"]] = Field(
@@ -179,6 +182,11 @@ def load_bench(path: str | Path, out: str | None = None) -> Bench:
     folder = Path(out or s.out or Path("runs") / "bench" / path.stem)
     bench = Bench(path, s, folder, strategies, notes, spec.sweep)
     cells = bench.cells()  # every run config validates now, not an hour in
+    if s.parallel_runs > 1:
+        llm = sorted({c.strategy for c in cells if c.config.operators.kind != "classic"})
+        if llm:
+            raise ConfigError(f"{path}: bench.parallel_runs = {s.parallel_runs} needs the classic operator (each run "
+                              f"process would load its own model); the LLM runs {', '.join(llm)}: use 1")
     if s.currency == "llm_tokens" and s.run_deadline_s is None:
         classic = sorted({c.strategy for c in cells if c.config.operators.kind == "classic"})
         if classic:

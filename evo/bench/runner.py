@@ -1,5 +1,6 @@
 """Running a bench: every (strategy, seed) run of the matrix, one after another (each run's evaluations
-use `fitness.workers` in parallel), resumable after kill -9, then the report.
+use `fitness.workers` in parallel) or `parallel_runs` at a time in processes of their own (classic
+operator only), resumable after kill -9, then the report.
 
 The bench folder holds matrix.json (run name -> config hash), the bench file as run, secrets/ (one
 per paired seed), runs/<strategy>-s<k>/ (ordinary runs: `evo top` works on them), evaluations.sqlite
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,29 +42,73 @@ def run_bench(bench: Bench, resume: bool = False, allow_changed: bool = False) -
     tmp.write_text(json.dumps(describe(bench, matrix), indent=1))
     os.replace(tmp, folder / MATRIX_FILE)
     # wall time as the currency: a reused evaluation would cost its run no wall time, so nothing is shared
-    shared = None if bench.settings.currency == "wall_s" else SharedEvaluations(folder / "evaluations.sqlite")
-    backends: dict[str, object] = {}
+    store = None if bench.settings.currency == "wall_s" else folder / "evaluations.sqlite"
     cells = sorted(bench.cells(), key=lambda c: (bench.seeds.index(c.seed), list(bench.strategies).index(c.strategy)))
-    failed = []
-    try:
-        for cell in tqdm(cells, desc=f"bench {folder.name}", unit="run"):
-            started = time.monotonic()
-            try:
-                if run_cell(cell, folder, shared, backends):
-                    log.info("bench: %s done in %.0f s (%d evaluations answered from the bench store so far)",
-                             cell.name, time.monotonic() - started, shared.hits if shared else 0)
-            except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others; --resume retries it
-                log.error("bench: run %s stopped with %s: %s (its report row is flagged; --resume retries it)",
-                          cell.name, type(exc).__name__, exc)
-                failed.append(cell.name)
-    finally:
-        if shared is not None:
-            shared.close()
+    if bench.settings.parallel_runs > 1:
+        failed = run_parallel(cells, folder, store, bench.settings.parallel_runs)
+    else:
+        failed = run_sequential(cells, folder, store)
     if failed:
         log.error("bench: %d run(s) did not finish: %s", len(failed), ", ".join(failed))
     from evo.bench.report import write_bench_report
 
     return write_bench_report(folder)
+
+
+def run_sequential(cells: list[Cell], folder: Path, store: Path | None) -> list[str]:
+    """The runs one after another in this process (one model load for the whole bench); the failed ones."""
+    shared = SharedEvaluations(store) if store else None
+    backends: dict[str, object] = {}
+    failed = []
+    try:
+        for cell in tqdm(cells, desc=f"bench {folder.name}", unit="run"):
+            if not run_logged(cell, folder, shared, backends):
+                failed.append(cell.name)
+    finally:
+        if shared is not None:
+            shared.close()
+    return failed
+
+
+def run_parallel(cells: list[Cell], folder: Path, store: Path | None, at_once: int) -> list[str]:
+    """`at_once` runs at a time, each in a process of its own (classic operator only); the failed ones."""
+    context = multiprocessing.get_context("spawn")
+    failed = []
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=context) as pool:
+        futures = {pool.submit(run_in_process, cell.strategy, cell.seed, dump_config(cell.config), str(folder),
+                               str(store) if store else None): cell for cell in cells}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"bench {folder.name}", unit="run"):
+            if not future.result():
+                failed.append(futures[future].name)
+    return failed
+
+
+def run_in_process(strategy: str, seed: int, config_text: str, folder: str, store: str | None) -> bool:
+    """One run in a worker process of `run_parallel`: True when it finished."""
+    from evo.bench.events import tomllib
+    from evo.config import parse_config
+
+    cell = Cell(strategy, seed, parse_config(tomllib.loads(config_text)))
+    shared = SharedEvaluations(Path(store)) if store else None
+    try:
+        return run_logged(cell, Path(folder), shared, {})
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def run_logged(cell: Cell, folder: Path, shared: SharedEvaluations | None, backends: dict) -> bool:
+    """`run_cell` with its time logged; False (logged) when the run stopped with an error."""
+    started = time.monotonic()
+    try:
+        if run_cell(cell, folder, shared, backends):
+            log.info("bench: %s done in %.0f s (%d evaluations answered from the bench store by this process)",
+                     cell.name, time.monotonic() - started, shared.hits if shared else 0)
+        return True
+    except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others; --resume retries it
+        log.error("bench: run %s stopped with %s: %s (its report row is flagged; --resume retries it)",
+                  cell.name, type(exc).__name__, exc)
+        return False
 
 
 def describe(bench: Bench, matrix: dict[str, str]) -> dict:

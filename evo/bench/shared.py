@@ -3,7 +3,7 @@ training seed, test data (secret) and fitness protocol is trained once for the w
 
 A reused result is charged to the run that asked for it as if it had been evaluated there (it keeps
 its `launch` record, so the run's evaluation budget counts it); `bench_reused` in its metrics names
-the run that paid the wall time. The store is one SQLite file in the bench folder.
+the run that paid the wall time. The store is one SQLite file in the bench folder (WAL: runs in parallel processes share it).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class SharedEvaluations:
 
     def __init__(self, path: Path):
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, run TEXT NOT NULL, "
                          "evaluation TEXT NOT NULL)")
