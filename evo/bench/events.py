@@ -20,7 +20,7 @@ from pathlib import Path
 from archive.store import Archive
 from evo.budget import trainings
 from evo.config import parse_config
-from evo.summary import ARCHIVE_FILE
+from evo.summary import ARCHIVE_FILE, stage_scores
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,10 +102,7 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
                           "wall_s": total.get("wall_s", 0.0), "llm_calls": total.get("llm_calls", 0),
                           "best_so_far": upto[0]["best_so_far"] if upto else None})
         baseline = archive.get_meta("seed_baseline") or {}
-        s2 = {}
-        for ev in archive.evaluations(stage=2):
-            s2.setdefault(ev.genome_id, []).append(ev.score if ev.ok else None)
-        s2_means = {gid: statistics.fmean(v) for gid, v in s2.items() if None not in v}
+        s2_means = {gid: statistics.fmean(v) for gid, v in stage_scores(archive, 2).items()}
         last = archive.last_checkpoint()
         members = (archive.checkpoint_state(last) or {}).get("members", {}) if last is not None else {}
         ranked = [gid for gid in archive.population(last) if (members.get(gid) or {}).get("score") is not None] \

@@ -84,8 +84,7 @@ class MQAR:
         (several slices: rows × smallest kv / the slice's kv, at least one)."""
         slices = self.all_slices()
         low = min(kv for _, kv in slices)
-        return [self._batch(generator, max(1, rows * low // kv) if len(slices) > 1 else rows, t, kv)
-                for t, kv in slices for _ in range(n_batches)]
+        return [self._batch(generator, max(1, rows * low // kv), t, kv) for t, kv in slices for _ in range(n_batches)]
 
     def candidates(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(N, kv): for each scored position (row-major), the values of its row's key-value pairs."""
