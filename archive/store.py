@@ -2,8 +2,8 @@
 
 Everything a run knows lives here: run metadata (resolved config, seed, status),
 genomes, evaluations per stage and seed, the population of every generation (the
-checkpoint), LLM calls (which double as the response cache), analyst notes,
-embeddings and an event log.
+checkpoint), LLM calls (which double as the response cache), the analyst's analysis of
+every step, embeddings and an event log.
 
 Rules:
 - WAL mode, one writer (the engine); readers (`evo top`) may open read-only at any time.
@@ -11,7 +11,8 @@ Rules:
   killed at any moment loses at most the change in flight and never leaves half of one.
 - Inserts are idempotent (`INSERT OR IGNORE` on natural keys): replaying work after a
   resume never duplicates rows. Nothing is ever deleted or overwritten, except meta
-  values, which `set_meta` replaces. LLM calls are an append-only log whose newest
+  values, which `set_meta` replaces (and what a schema upgrade drops: only tables no engine
+  wrote, see `_UPGRADES`). LLM calls are an append-only log whose newest
   row per key is the cached answer.
 """
 from __future__ import annotations
@@ -30,9 +31,20 @@ import numpy as np
 
 from records import Evaluation, Genome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Run statement by statement (split on semicolons): keep semicolons out of the SQL comments.
+_STEP_ANALYSES = """CREATE TABLE IF NOT EXISTS step_analyses (   -- operators.analyst, after each step
+    step        INTEGER PRIMARY KEY,
+    gist        TEXT NOT NULL,                -- the short notes later prompts read
+    data        TEXT NOT NULL,                -- JSON: the step's tally and the cumulative one
+    created_at  REAL NOT NULL
+);
+"""
+# What brings an archive of version v to v + 1. Version 2: the per-genome `analyses` table, which no
+# engine ever wrote, gives way to the analyst's per-step table.
+_UPGRADES = {1: _STEP_ANALYSES + "DROP TABLE IF EXISTS analyses;"}
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -89,15 +101,7 @@ CREATE TABLE IF NOT EXISTS llm_calls (             -- append-only log, the newes
     created_at        REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS llm_calls_key ON llm_calls(key);
-CREATE TABLE IF NOT EXISTS analyses (
-    genome_id   TEXT NOT NULL REFERENCES genomes(id),
-    stage       INTEGER NOT NULL,
-    note        TEXT NOT NULL,
-    data        TEXT NOT NULL,                -- JSON
-    created_at  REAL NOT NULL,
-    PRIMARY KEY (genome_id, stage)
-);
-CREATE TABLE IF NOT EXISTS embeddings (
+""" + _STEP_ANALYSES + """CREATE TABLE IF NOT EXISTS embeddings (
     genome_id   TEXT PRIMARY KEY REFERENCES genomes(id),
     dim         INTEGER NOT NULL,
     vector      BLOB NOT NULL,                -- float32, little-endian, L2-normalised
@@ -165,15 +169,21 @@ class Archive:
             raise ArchiveError(
                 f"{self.path} has archive schema version {version}, newer than this evoarch "
                 f"understands ({SCHEMA_VERSION}); upgrade evoarch to open it")
+        self.schema_version = version
         if version == SCHEMA_VERSION:
+            return
+        if version > 0:  # an older archive: a writer upgrades it, a reader sees the tables added since as empty
+            if not self.readonly:
+                self._upgrade(version)
             return
         if self.readonly:
             self._db.close()
             raise ArchiveError(f"{self.path} is not an initialised evoarch archive (schema version {version})")
         has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-        if version == 0 and has_tables:
+        if has_tables:
             self._db.close()
             raise ArchiveError(f"{self.path} is an SQLite file with tables but not an evoarch archive")
+        self.schema_version = SCHEMA_VERSION
         with self._tx() as db:
             # statements one by one: executescript() would COMMIT behind our back
             for stmt in _SCHEMA.split(";"):
@@ -182,6 +192,17 @@ class Archive:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (json.dumps(time.time()),))
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an archive of an older schema version to this one, in one transaction."""
+        with self._tx() as db:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _UPGRADES[v].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+        self.schema_version = SCHEMA_VERSION
 
     def close(self) -> None:
         """Close the connection (a writer checkpoints the WAL into the main file)."""
@@ -397,21 +418,24 @@ class Archive:
         return {"calls": r["calls"], "prompt_tokens": r["p"], "completion_tokens": r["c"],
                 "total_tokens": r["p"] + r["c"], "latency_s": r["s"]}
 
-    # ---- analyst notes -----------------------------------------------------------------
+    # ---- the analyst's step analyses ---------------------------------------------------
 
-    def add_analysis(self, genome_id: str, stage: int, note: str, data: dict[str, Any] | None = None) -> bool:
-        """Store the analyst's note on a genome at a stage; True if new (the first note wins)."""
+    def add_step_analysis(self, step: int, gist: str, data: dict[str, Any]) -> bool:
+        """Store the analysis after `step` (its gist and JSON data); True if new (the first stored wins)."""
         with self._tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO analyses VALUES (?, ?, ?, ?, ?)",
-                             (genome_id, stage, note, json.dumps(data or {}, default=_json_default), time.time()))
+            cur = db.execute("INSERT OR IGNORE INTO step_analyses VALUES (?, ?, ?, ?)",
+                             (step, gist, json.dumps(data, default=_json_default), time.time()))
             return cur.rowcount == 1
 
-    def analyses(self, genome_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Analyst notes, newest first: dicts with genome_id, stage, note, data, created_at."""
-        sql, args = "SELECT * FROM analyses", []
-        if genome_id is not None:
-            sql, args = sql + " WHERE genome_id = ?", [genome_id]
-        sql += " ORDER BY rowid DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+    def step_analyses(self, before: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored step analyses, newest step first, only those of steps before `before` if given:
+        dicts with step, gist, data, created_at (none in an archive older than schema version 2)."""
+        if self.schema_version < 2:
+            return []
+        sql, args = "SELECT * FROM step_analyses", []
+        if before is not None:
+            sql, args = sql + " WHERE step < ?", [before]
+        sql += " ORDER BY step DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
         return [{**dict(r), "data": json.loads(r["data"])} for r in self._read(sql, args)]
 
     # ---- embeddings --------------------------------------------------------------------

@@ -79,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from records import Genome
-    from operators.backends import VLLMBackend
+    from operators.vllm_backend import VLLMBackend
     from operators.model_store import ensure_model
     from operators.researcher import Researcher, Scored, Spec
     from operators.settings import LLMSettings

@@ -2,12 +2,12 @@
 
 For each ask (one parent: a mutation, two: a crossover) build the variation spec (the parents
 with their scores, the population's best as examples, the first parent's nearest neighbours to
-move away from), let the operator propose every child of the step at once, screen them, train
-each at stage 1 with every training seed (children of one step with the same source train once), send
-the failures back to the LLM for repair, a bounded number of times, and race the contenders
-(evo.race: more training seeds where the rank matters). The result holds, per ask, the last
-child made for it. Results are stored as they arrive; a step redone after an
-interruption finds them and makes the same children.
+move away from, the analyst's notes on the steps it can see: evo.analysis), let the operator
+propose every child of the step at once, screen them, train each at stage 1 with every training
+seed (children of one step with the same source train once), send the failures back to the LLM
+for repair, a bounded number of times, and race the contenders (evo.race: more training seeds
+where the rank matters). The result holds, per ask, the last child made for it. Results are
+stored as they arrive; a step redone after an interruption finds them and makes the same children.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ from typing import Callable
 from tqdm import tqdm
 
 from archive.store import Archive
+from evo import analysis
 from evo.config import Config
 from evo.neighbours import Neighbours
 from evo.race import race
 from evo.screen import Child, Screen, Visible, copies
 from evo.strategies import Ask
 from fitness.executor import EvalJob, Executor
-from operators.researcher import Proposal, Scored, Spec
+from operators.researcher import Proposal, RepairItem, Scored, Spec
 from operators.variation import Variation
 from records import Evaluation
 
@@ -92,14 +93,15 @@ class Breeder:
                       seeds=lambda c: sorted({e.seed for e in c.evaluations} | {extra[id(c)]}))
 
     def spec(self, ask: Ask, examples: tuple[Scored, ...], step: int) -> Spec:
-        """The variation spec of one ask."""
+        """The variation spec of one ask; for the LLM, with the analyst's notes unless `llm.analyst` is off."""
         parents = tuple(Scored(m.genome, m.score) for m in ask.parents)
         avoid: tuple[Scored, ...] = ()
-        k = self.config.llm.avoid_k
-        if self.neighbours is not None and k and self.variation.kind != "classic":
+        k, llm = self.config.llm.avoid_k, self.variation.kind != "classic"
+        if self.neighbours is not None and k and llm:
             near = self.neighbours.nearest(ask.parents[0].genome, k, before=step - self.lag)
             avoid = tuple(Scored(self.archive.genome(gid), self.stage1_score(gid)) for gid, _ in near)
-        return Spec(parents, examples=examples, avoid=avoid)
+        notes = analysis.notes(self.archive, step, self.lag) if llm and self.config.llm.analyst else ""
+        return Spec(parents, examples=examples, avoid=avoid, notes=notes)
 
     def evaluate(self, step: int, children: list[Child], seeds: Callable[[Child], list[int]] | None = None) -> None:
         """Stage 1 for the children with each training seed `seeds(child)` names (default: stage1.seeds)
@@ -155,12 +157,14 @@ class Breeder:
 
 
 def check_backend(proposals: list[Proposal]) -> list[Proposal]:
-    """Stop the run (resumable) when the LLM failed every request of a batch."""
+    """Stop the run (resumable) when the LLM answered no request of a batch: every one failed or was
+    abandoned at the deadline (a stalled server). The answers of a batch it did answer are stored in
+    the response cache; a resumed run redoes the step from them and asks again what was not answered."""
     asked = [p for p in proposals if p.request is not None]
-    failed = [p for p in asked if p.completion is None or p.completion.finish_reason == "error"]
+    failed = [p for p in asked if p.completion is None or p.completion.finish_reason in ("error", "deadline")]
     if asked and len(failed) == len(asked):
-        raise RuntimeError(f"the LLM backend failed all {len(asked)} requests ({failed[0].error}); "
-                           f"fix it, then `evo resume` the run")
+        raise RuntimeError(f"the LLM backend answered none of {len(asked)} requests ({failed[0].error}); "
+                           f"fix it (or raise [llm] deadline_s), then `evo resume` the run")
     return proposals
 
 
@@ -169,8 +173,12 @@ def reply_text(child: Child) -> str:
     return completion.text if completion else ""
 
 
-def repair_item(child: Child) -> tuple[str, str, tuple[str, ...]]:
-    """(code or raw reply, error, parent ids) for the engineer's repair prompt."""
+def repair_item(child: Child) -> RepairItem:
+    """What the engineer's repair prompt shows: the child's code (when it did not parse, its raw reply; when its
+    SEARCH/REPLACE edits did not apply, the code they were made against) and error; a diff child is repaired as
+    edits."""
+    edits = child.proposal is not None and child.proposal.edit_format == "diff"
     if child.genome is not None:
-        return child.genome.code, child.error, (child.genome.id,)
-    return reply_text(child), child.error, tuple(child.proposal.parents)
+        return RepairItem(child.genome.code, child.error, (child.genome.id,), edits)
+    return RepairItem(child.proposal.base if edits else reply_text(child), child.error,
+                      tuple(child.proposal.parents), edits)

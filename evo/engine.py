@@ -1,8 +1,10 @@
-"""The search, top to bottom: ask the strategy -> breed -> promote -> tell the strategy -> checkpoint.
+"""The search, top to bottom: ask the strategy -> breed -> promote -> tell the strategy -> analyse ->
+checkpoint.
 
 Step 0 trains the seed genomes and seeds the strategy. Every later step asks the strategy for
 the parents of `search.children` children, breeds them (evo.breed: propose, screen, stage 1,
-repair), promotes the best to stage 2 (evo.promote), tells the strategy the step's children and
+repair), promotes the best to stage 2 (evo.promote), tells the strategy the step's children,
+stores the analyst's analysis of them (evo.analysis: the notes of later prompts) and
 checkpoints the strategy's state with what the step spent (evo.budget), until a budget limit is
 reached. In the steady-state mode the next step breeds while the last one trains (two steps in
 flight): its parents are asked for before the last step is told, and steps are told in order, so
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from archive.normalise import code_hash
 from archive.store import Archive
+from evo import analysis
 from evo.breed import Bred, Breeder
 from evo.budget import Spent, exhausted, step_spent
 from evo.config import Config, ConfigError
@@ -75,6 +78,7 @@ class Engine:
                 promote(s, bred.children, self.archive, self.executor, self.config.fitness, Visible(s, self.lag),
                         self.breeder.store)
                 self.tell(s, bred.children)
+                analysis.record(bred, self.archive, self.breeder.stage1_score)
                 self.checkpoint(s, bred, [p[:3] for p in inflight])
         except BaseException:
             self.breeder.stop.set()  # results arriving from now on are not stored

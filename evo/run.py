@@ -16,7 +16,7 @@ from evo.summary import ARCHIVE_FILE, yield_stats
 from fitness.executor import make_executor
 from fitness.protocol import FITNESS_PROTOCOL
 from fitness.secret import SECRET_FILE, load_or_create
-from operators.backends import Backend, CachedBackend, LazyVLLM
+from operators.backends import Backend, CachedBackend, LazyBackend
 from operators.variation import Variation
 
 log = logging.getLogger("evo")
@@ -64,7 +64,7 @@ def search(run_dir: Path, config: Config, llm_backend: Backend | None = None,
     archive.set_meta("config", dump_config(config))
     archive.set_meta("status", "running")
     ops = config.operators
-    llm = MainThreadLLM(CachedBackend(llm_backend or LazyVLLM(config.llm), archive)) if ops.kind != "classic" else None
+    llm = MainThreadLLM(CachedBackend(llm_backend or LazyBackend(config.llm), archive)) if ops.kind != "classic" else None
     neighbours = Neighbours(archive, run_dir, config.novelty) if config.novelty.enabled else None
     secret = load_or_create(Path(config.run.secret_file) if config.run.secret_file else run_dir / SECRET_FILE)
     executor = make_executor(config.fitness, secret)

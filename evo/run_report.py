@@ -1,8 +1,8 @@
 """`evo report RUN_DIR`: one run as a self-contained HTML page (RUN_DIR/report.html).
 
 Best score over evaluations and over wall time, the lineage (operator and directive on each edge,
-the code diff parent -> child on click), LLM yield per operator and directive, stage 1 against
-stage 2, the Pareto front of multi-objective runs, and the provenance.
+the code diff parent -> child on click), LLM yield per operator and directive, the analyst's latest
+notes and tallies, stage 1 against stage 2, the Pareto front of multi-objective runs, and the provenance.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from evo.bench.events import read_run
 from evo.bench.provenance import provenance
 from evo.report_html import Markup, figure, img, page, table_html
 from evo.summary import open_run, pareto_front, stage_scores
+from operators.analyst import TABLES, Analysis
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +42,7 @@ def write_run_report(run_dir: Path) -> Path:
             ("Best score", _progress(events)),
             ("Lineage", _lineage(genomes, origins, s1, s2)),
             ("Yield per operator and directive", _yield(genomes, origins, s1)),
+            ("Analyst", _analyst(archive)),
             ("Stage 1 against stage 2", _stages(s1, s2)),
         ]
         objectives, front = pareto_front(archive)
@@ -127,6 +129,25 @@ def _yield(genomes, origins: dict, s1: dict) -> str:
         rows.append([op, directive, len(gs), len(passed), sum(x > 0 for x in gains),
                      statistics.fmean(gains) if gains else None])
     return table_html(["operator", "directive", "children", "passed checks", "beat parent", "mean gain vs parent"], rows)
+
+
+def _analyst(archive) -> str:
+    """The latest step analysis (operators.analyst): its gist, as prompts read it, and its cumulative
+    tally per directive, operator and edit format."""
+    latest = archive.step_analyses(limit=1)
+    if not latest:
+        return "<p>No step analysed.</p>"
+    analysis = Analysis.from_dict(latest[0]["data"])
+    out = [f"<p>After step {analysis.step} (cumulative over steps {analysis.first_step}-{analysis.step}); "
+           f"the notes later prompts read:</p><pre>{html.escape(analysis.gist or '(none)')}</pre>"]
+    for table in TABLES:
+        rows = [[key or "–", g.children, g.passed, g.pass_rate, g.repaired, g.mean_delta,
+                 f"{g.best.delta:+.4f} {g.best.motivation}" if g.best else None,
+                 f"{g.top_failure[0]} ({g.top_failure[1]}x)" if g.failures else None]
+                for key, g in analysis.total[table].items()]
+        out.append(table_html([table.replace("_", " "), "children", "scored", "pass rate", "scored after repair",
+                               "mean change vs parent", "best child", "most common failure"], rows))
+    return "".join(out)
 
 
 def _stages(s1: dict, s2: dict) -> str:

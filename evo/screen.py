@@ -78,7 +78,8 @@ class Screen:
     def one(self, step: int, proposal: Proposal, island: int, slot: int) -> Child:
         if proposal.code is None:
             self.archive.log_event("parse_failed", proposal.error, operator=proposal.operator,
-                                   parents=list(proposal.parents), generation=step, slot=slot)
+                                   parents=list(proposal.parents), generation=step, slot=slot,
+                                   edit_format=proposal.edit_format)
             return Child(None, proposal, error=proposal.error)
         try:
             h = code_hash(proposal.code)
@@ -126,7 +127,9 @@ def copies(evaluations: list[Evaluation], genome_id: str) -> list[Evaluation]:
 
 
 def origin(proposal: Proposal) -> dict:
-    """How a child was made: the directive or edit, and the LLM reply's accounting."""
+    """How a child was made: the directive or edit, the edit format (full, diff, classic) and the LLM reply's
+    accounting."""
     c = proposal.completion
-    return {"directive": proposal.directive, "finish_reason": c.finish_reason if c else None,
+    return {"directive": proposal.directive, "edit_format": proposal.edit_format,
+            "finish_reason": c.finish_reason if c else None,
             "completion_tokens": c.completion_tokens if c else 0, "cached": c.cached if c else False}

@@ -6,6 +6,11 @@ parts in order, checks the sha256, converts once with transformers into a Huggin
 folder that vLLM loads, and caches it under ~/.cache/evoarch/models/<name>/ (env
 EVOARCH_CACHE overrides ~/.cache/evoarch). The folder appears atomically (tmp dir +
 rename) with a marker file holding the sha256, so a killed conversion leaves no half model.
+`ensure_gguf(name)` keeps the assembled GGUF file itself (for llama.cpp).
+
+`[llm] model` may also be a local Hugging Face folder or a GGUF file: `resolve(model, backend)`
+gives what the backend loads (a GGUF file for vLLM is converted once and cached by its sha256)
+and the model id that goes into the response cache's keys (name@sha256 prefix of the weights).
 
     python -m operators.model_store qwen2.5-coder-0.5b    # what the install script runs
 """
@@ -179,6 +184,113 @@ def ensure_model(name: str, cache_dir: str | Path | None = None, log=print) -> P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ensure_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The assembled, sha256-checked GGUF file of registry model `name`, assembled once and cached."""
+    s = spec(name)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf"
+    final = root / s.gguf_name
+    if final.is_file() and final.stat().st_size == s.size:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        assemble_gguf(s, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def digest(path: Path) -> str:
+    """sha256 of a weights file (its contents: a GGUF's published sha256), or of a folder's files (relative
+    names and contents, sorted), memoised
+    in <cache>/digests.json by path, size and mtime so a restart does not re-read gigabytes."""
+    path = path.resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
+             for p in files]
+    memo_file = cache_root() / "digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    hit = memo.get(str(path))
+    if isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return hit["sha256"]
+    h = hashlib.sha256()
+    for (name, _, _), p in zip(stamp, files):
+        if path.is_dir():
+            h.update(name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    memo[str(path)] = {"stamp": stamp, "sha256": h.hexdigest()}
+    memo_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_file.with_name(f".digests.{os.getpid()}.json")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_file)
+    return memo[str(path)]["sha256"]
+
+
+def ensure_converted(gguf: Path, cache_dir: str | Path | None = None) -> Path:
+    """A Hugging Face folder converted once from a local GGUF file, cached under its sha256."""
+    sha = digest(gguf)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
+    final = root / f"gguf-{sha[:16]}"
+    if (final / MARKER).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        out = tmp / "model"
+        convert_gguf(gguf, out)
+        (out / MARKER).write_text(json.dumps({"name": gguf.name, "sha256": sha, "source": str(gguf),
+                                              "converted_at": time.time()}))
+        if not (final / MARKER).is_file():
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(out, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def is_local(model: str) -> bool:
+    """Whether `[llm] model` names a path (a folder or a .gguf file) rather than a registry model."""
+    return model not in MODELS and ("/" in model or model.endswith(".gguf") or model.startswith("~"))
+
+
+def model_id(model: str) -> str:
+    """The id that goes into the response cache's keys: the model's name @ the first 12 hex of its sha256."""
+    if model in MODELS:
+        return f"{model}@{spec(model).sha256[:12]}"
+    path = _local_path(model)
+    return f"{path.name}@{digest(path)[:12]}"
+
+
+def _local_path(model: str) -> Path:
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelStoreError(f"model {model!r}: no such file or folder; give a registry model "
+                              f"({', '.join(MODELS)}), a Hugging Face folder or a .gguf file")
+    return path
+
+
+def resolve(model: str, backend: str) -> Path:
+    """What the in-process `backend` loads for `[llm] model`, prepared once.
+
+    vllm loads a Hugging Face folder: a registry model converted, a local folder as is, a local GGUF
+    file converted once. llamacpp loads a GGUF file: a registry model assembled, a local .gguf as is."""
+    if model in MODELS:
+        return ensure_model(model) if backend == "vllm" else ensure_gguf(model)
+    path = _local_path(model)
+    is_gguf = path.is_file() and path.suffix == ".gguf"
+    if backend == "llamacpp" and not is_gguf:
+        raise ModelStoreError(f"model {model!r}: the llamacpp backend loads a .gguf file, not {path}")
+    if backend == "vllm" and not is_gguf and not (path / "config.json").is_file():
+        raise ModelStoreError(f"model {model!r}: not a Hugging Face folder (no config.json) and not a .gguf file")
+    return ensure_converted(path) if is_gguf and backend == "vllm" else path
 
 
 def main(argv: list[str] | None = None) -> int:

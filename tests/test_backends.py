@@ -70,7 +70,7 @@ def test_deadline_and_error_results_are_recorded_but_retried():
 
 
 def test_prefix_staging_sends_sharers_after_their_leader():
-    from operators.backends import VLLMBackend
+    from operators.vllm_backend import VLLMBackend
 
     shared = list(range(100))
     ids = [shared + [1], shared + [2], list(range(500, 600)), shared[:10] + [3], list(range(500, 570)) + [9]]

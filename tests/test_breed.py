@@ -5,7 +5,7 @@ import pytest
 
 from archive.normalise import code_hash
 from archive.store import Archive
-from evo.breed import Breeder, check_backend
+from evo.breed import Breeder, check_backend, repair_item
 from evo.config import parse_config
 from evo.neighbours import Neighbours
 from evo.screen import Child
@@ -14,7 +14,7 @@ from evo.strategies import Ask, Member
 from fitness.executor import LocalExecutor
 from genomes import SECRET, TINY
 from operators.backends import Completion, Request
-from operators.researcher import Proposal
+from operators.researcher import Proposal, RepairItem
 from operators.variation import Variation
 from records import Genome, genome_id
 
@@ -74,6 +74,28 @@ def test_a_batch_the_llm_failed_entirely_stops_the_run():
     failed = Proposal(None, "", "llm_mutate", (), "", Request((("user", "x"),)), Completion("", finish_reason="error"),
                       "error: boom")
     classic = Proposal("code", "", "classic_add_skip", (), "", None, None)
-    with pytest.raises(RuntimeError, match="failed all 1 requests"):
+    with pytest.raises(RuntimeError, match="answered none of 1 requests"):
         check_backend([failed, classic])
     assert check_backend([classic]) == [classic]
+    stalled = Proposal(None, "", "llm_mutate", (), "", Request((("user", "y"),)),
+                       Completion("partial", finish_reason="deadline"), "deadline: abandoned")
+    answered = Proposal("code", "", "llm_mutate", (), "", Request((("user", "z"),)), Completion("code"))
+    with pytest.raises(RuntimeError, match="answered none of 2 requests"):
+        check_backend([stalled, failed])
+    assert check_backend([stalled, answered]) == [stalled, answered]
+
+
+def test_repair_items_show_the_code_a_diff_childs_edits_were_made_against():
+    parent = SEEDS["linear_attention"]
+    failed_edits = Proposal(None, "", "llm_crossover", ("a", "b"), "x", None, Completion("<<<<<<< SEARCH ..."),
+                            "edit: block 1 (SEARCH starting `q = 1`) matches no lines", edit_format="diff", base=parent)
+    assert repair_item(Child(None, failed_edits, error=failed_edits.error)) == RepairItem(
+        parent, failed_edits.error, ("a", "b"), True)
+    unparsed = Proposal(None, "", "llm_mutate", ("a",), "x", None, Completion("no code"), "parse: none",
+                        edit_format="full")
+    assert repair_item(Child(None, unparsed, error="parse: none")) == RepairItem("no code", "parse: none", ("a",), False)
+    child = Genome("c", SEEDS["short_conv"], "h")
+    for fmt in ("full", "diff"):
+        made = Proposal(child.code, "", "llm_mutate", ("a",), "x", None, Completion(""), edit_format=fmt, base=parent)
+        assert repair_item(Child(child, made, error="rejected: check failed")) == RepairItem(
+            child.code, "rejected: check failed", ("c",), fmt == "diff")

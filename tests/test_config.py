@@ -159,3 +159,24 @@ def test_racing_needs_enough_distinct_seeds():
         parse_config({"fitness": {"racing": {"seeds": [0, 1, 2]}}})
     with pytest.raises(ConfigError, match="min_seeds .4. must not exceed baseline_seeds .3."):
         parse_config({"fitness": {"racing": {"min_seeds": 4}}})
+
+
+def test_llm_backend_keys_are_checked_per_backend():
+    with pytest.raises(ConfigError, match="needs base_url"):
+        parse_config({"llm": {"backend": "openai", "model": "qwen"}})
+    with pytest.raises(ConfigError, match="kv_cache_gb do\\(es\\) not apply to backend = 'openai'"):
+        parse_config({"llm": {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1", "kv_cache_gb": 4}})
+    with pytest.raises(ConfigError, match="parallel do\\(es\\) not apply to backend = 'vllm'"):
+        parse_config({"llm": {"parallel": 4}})
+    with pytest.raises(ConfigError, match="not a registry model"):
+        parse_config({"llm": {"model": "gpt-4o"}})
+    with pytest.raises(ConfigError, match="api_key_env"):
+        parse_config({"llm": {"backend": "openai", "base_url": "http://h/v1", "api_key_env": "not a name"}})
+    served = parse_config({"llm": {"backend": "openai", "base_url": "http://127.0.0.1:11434/v1",
+                                   "model": "qwen2.5-coder:1.5b", "api_key_env": "OLLAMA_KEY"}})
+    assert served.llm.parallel == 8 and served.llm.dtype is None
+    text = dump_config(served)
+    assert "OLLAMA_KEY" in text and "kv_cache_gb" not in text and parse_config(tomllib.loads(text)) == served
+    local = parse_config({"llm": {"backend": "llamacpp", "model": "~/models/coder.gguf", "threads": 2}})
+    assert local.llm.parallel == 8 and local.llm.threads == 2
+    assert parse_config({}).llm.kv_cache_gb == 2  # vllm: its defaults filled in

@@ -203,9 +203,9 @@ def test_each_budget_kind_stops_the_run_and_reports_what_it_spent(tmp_path, limi
 def model():
     """One in-process vLLM for the module's runs (the registry's 0.5B coder model)."""
     from evo.config import load_config
-    from operators.backends import LazyVLLM
+    from operators.backends import LazyBackend
 
-    backend = LazyVLLM(load_config(ROOT / "configs" / "quickstart.toml").llm)
+    backend = LazyBackend(load_config(ROOT / "configs" / "quickstart.toml").llm)
     yield backend
     backend.close()
 

@@ -86,3 +86,51 @@ def test_killed_conversion_leaves_no_half_folder(monkeypatch, tmp_path):
 def test_env_overrides_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path))
     assert ms.model_dir("qwen2.5-coder-0.5b") == tmp_path / "models" / "qwen2.5-coder-0.5b"
+
+
+def test_ensure_gguf_assembles_once_and_checks_the_sha(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"ab", b"cd"])
+    gguf = ms.ensure_gguf("fake", tmp_path / "gguf")
+    assert gguf.read_bytes() == b"abcd" and gguf.name == "f.gguf"
+    mtime = gguf.stat().st_mtime_ns
+    assert ms.ensure_gguf("fake", tmp_path / "gguf") == gguf and gguf.stat().st_mtime_ns == mtime
+    fake_model(monkeypatch, tmp_path, [b"ab", b"cX"], sha=hashlib.sha256(b"abcd").hexdigest())
+    with pytest.raises(ms.ModelStoreError, match="sha256"):
+        ms.ensure_gguf("fake", tmp_path / "other")
+    assert not list((tmp_path / "other").iterdir())  # no half file left
+
+
+def test_digest_of_files_and_folders_is_memoised_by_stamp(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights")
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "w.safetensors").write_bytes(b"w")
+    first = ms.digest(f)
+    assert ms.digest(f) == first and json.loads((tmp_path / "cache" / "digests.json").read_text())
+    f.write_bytes(b"weightz")  # same size, new mtime: hashed again
+    assert ms.digest(f) != first
+    folder = ms.digest(d)
+    (d / "w.safetensors").write_bytes(b"v")
+    assert ms.digest(d) != folder
+    assert ms.model_id(str(f)) == f"m.gguf@{ms.digest(f)[:12]}"
+    assert ms.model_id("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b@1d9614638d18"
+
+
+def test_resolve_local_models_per_backend(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path / "cache"))
+    gguf, folder, bare = tmp_path / "m.gguf", tmp_path / "hf", tmp_path / "bare"
+    gguf.write_bytes(b"x")
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    bare.mkdir()
+    assert ms.resolve(str(gguf), "llamacpp") == gguf and ms.resolve(str(folder), "vllm") == folder
+    with pytest.raises(ms.ModelStoreError, match="llamacpp backend loads a .gguf file"):
+        ms.resolve(str(folder), "llamacpp")
+    with pytest.raises(ms.ModelStoreError, match="no config.json"):
+        ms.resolve(str(bare), "vllm")
+    with pytest.raises(ms.ModelStoreError, match="no such file or folder"):
+        ms.resolve(str(tmp_path / "missing.gguf"), "llamacpp")
+    assert ms.is_local(str(gguf)) and ms.is_local("~/m") and not ms.is_local("qwen2.5-coder-0.5b")

@@ -1,10 +1,13 @@
 """Screening with a real archive: what a child's results say, which earlier results a child may
-reuse (exact duplicates seen from its step only), and parse failures on record."""
+reuse (exact duplicates seen from its step only), parse failures on record, and the edit format
+stored with each child."""
+import dataclasses
+
 from archive.normalise import code_hash
 from archive.store import Archive
 from evo.screen import Child, Screen, Visible
 from operators.researcher import Proposal
-from records import Evaluation, Genome
+from records import Evaluation, Genome, genome_id
 
 RUN = {"protocol": 2, "launch": "fork"}
 CODE = "class Mixer:\n    pass\n"
@@ -77,3 +80,15 @@ def test_a_reformatted_copy_is_not_an_exact_duplicate(tmp_path):
     assert code_hash(moved) == code_hash(CODE)
     assert screen(1, [proposal(moved)], [0], 0)[0].evaluations == []
     assert screen(1, [proposal(CODE)], [0], 1)[0].score == 0.9
+
+
+def test_the_edit_format_is_stored_with_each_child_and_leaves_its_id_alone(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    made = [dataclasses.replace(proposal(CODE), edit_format=f) for f in ("full", "diff")]
+    failed = dataclasses.replace(proposal(None, error="edit: block 1 matches no lines"), edit_format="diff")
+    full, diff, none = Screen(archive, None, [0], 0)(2, made + [failed], [0, 0, 0], 0)
+    assert [archive.origin(c.genome.id)["edit_format"] for c in (full, diff)] == ["full", "diff"]
+    assert archive.events(kind="parse_failed")[0]["data"]["edit_format"] == "diff" and none.genome is None
+    # the id derives from code, parents, operator, step and slot only: a full rewrite keeps the id it always had
+    again = Screen(Archive(tmp_path / "b.sqlite"), None, [0], 0)(2, [proposal(CODE)], [0], 0)[0]
+    assert again.genome.id == full.genome.id == genome_id(code_hash(CODE), ("p",), "classic_add_skip", 2, 0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from archive.normalise import code_hash
-from archive.store import Archive, ArchiveError
+from archive.store import SCHEMA_VERSION, Archive, ArchiveError
 from records import Evaluation, Genome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,24 +112,28 @@ def test_llm_cache_round_trip_and_stats(archive):
                                    "total_tokens": 285, "latency_s": 61.5}
 
 
-def test_meta_events_analyses_embeddings(archive):
+def test_meta_events_step_analyses_embeddings(archive):
     archive.set_meta("config_toml", "[run]\nseed = 1\n")
     archive.set_meta("seed", 1)
     archive.set_meta("status", "running")
     archive.set_meta("status", "done")
     assert archive.get_meta("status") == "done" and archive.get_meta("seed") == 1
     assert archive.get_meta("nothing", "dflt") == "dflt"
-    assert archive.get_meta("schema_version") == 1 and "created" in archive.meta()
+    assert archive.get_meta("schema_version") == SCHEMA_VERSION and "created" in archive.meta()
     first = archive.log_event("generation", "gen 0 done", best=0.5)
     archive.log_event("error", "oops")
     assert [e["kind"] for e in archive.events()] == ["generation", "error"]
     assert archive.events(after_id=first)[0]["message"] == "oops"
     assert archive.events(kind="generation")[0]["data"] == {"best": 0.5}
+    assert archive.add_step_analysis(1, "softplus helped", {"delta": 0.1}) is True
+    assert archive.add_step_analysis(1, "again", {}) is False  # the first stored wins
+    archive.add_step_analysis(3, "gates helped", {"delta": 0.2})
+    assert [(a["step"], a["gist"], a["data"]) for a in archive.step_analyses()] == [
+        (3, "gates helped", {"delta": 0.2}), (1, "softplus helped", {"delta": 0.1})]
+    assert [a["step"] for a in archive.step_analyses(before=3)] == [1]
+    assert [a["step"] for a in archive.step_analyses(limit=1)] == [3] and archive.step_analyses(before=1) == []
     g = make_genome(1)
     archive.add_genome(g)
-    assert archive.add_analysis(g.id, 1, "softplus helped", {"delta": 0.1}) is True
-    assert archive.add_analysis(g.id, 1, "again") is False
-    assert archive.analyses(g.id)[0]["note"] == "softplus helped"
     vec = np.arange(4, dtype=np.float32)
     assert archive.add_embeddings([g.id], vec[None]) == 1
     assert archive.add_embeddings([g.id], vec[None] + 1) == 0
@@ -155,6 +159,28 @@ def test_wal_reader_sees_only_committed_state(tmp_path):
     writer.close()
     with Archive(path, readonly=True) as again:  # also after the writer has gone
         assert again.count_genomes() == 2
+
+
+def test_an_archive_of_schema_version_1_is_read_as_is_and_upgraded_by_a_writer(tmp_path):
+    path = tmp_path / "run.sqlite"
+    with Archive(path) as a:
+        a.add_genome(make_genome(1))
+    db = sqlite3.connect(path)  # the version-1 layout: a per-genome analyses table, no step analyses
+    db.executescript("DROP TABLE step_analyses; CREATE TABLE analyses (genome_id TEXT NOT NULL REFERENCES "
+                     "genomes(id), stage INTEGER NOT NULL, note TEXT NOT NULL, data TEXT NOT NULL, created_at REAL "
+                     "NOT NULL, PRIMARY KEY (genome_id, stage)); UPDATE meta SET value = '1' WHERE key = "
+                     "'schema_version'; PRAGMA user_version = 1;")
+    db.close()
+    with Archive(path, readonly=True) as reader:  # `evo report` on an old run
+        assert reader.count_genomes() == 1 and reader.step_analyses() == []
+    with Archive(path) as writer:  # `evo resume` of an old run
+        assert writer.count_genomes() == 1 and writer.get_meta("schema_version") == SCHEMA_VERSION == 2
+        writer.add_step_analysis(1, "gist", {})
+        tables = {r[0] for r in writer._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "analyses" not in tables and "step_analyses" in tables
+    with Archive(path, readonly=True) as reader:
+        assert reader._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [a["gist"] for a in reader.step_analyses()] == ["gist"] and reader.integrity_check() == "ok"
 
 
 def test_schema_versions(tmp_path):

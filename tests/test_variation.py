@@ -25,6 +25,7 @@ def reply(request) -> str:
 def test_classic_makes_every_child_without_a_model():
     made = Variation("classic", None, None, LLM).propose(specs(6), random.Random(0))
     assert all(p.code and p.operator.startswith("classic_") and p.completion is None for p in made)
+    assert {p.edit_format for p in made} == {"classic"}
     assert [p.operator == "classic_crossover" for p in made] == [True, False] * 3
     assert made[1].parents == ("a",) and made[0].parents == ("a", "b")
     assert not Variation("classic", None, None, LLM).repairs

@@ -1,4 +1,4 @@
-"""Real vLLM on the registry 0.5B model (slow: engine load 1-4 min on 2 CPU cores).
+"""Real vLLM on the registry 0.5B model, given as a local Hugging Face folder (slow: engine load 1-4 min on 2 CPU cores).
 
 `pytest -m slow tests/test_vllm_backend.py`; also marked `ci`. Skipped when vllm or the
 model part packages are missing. One engine (LLMSettings defaults) serves all tests.
@@ -18,16 +18,20 @@ MODEL = "qwen2.5-coder-0.5b"
 def backend():
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm not installed")
-    from operators.model_store import ModelStoreError, ensure_model, spec
+    from operators.model_store import ModelStoreError, ensure_model
 
     try:
         path = ensure_model(MODEL)
     except ModelStoreError as e:
         pytest.skip(str(e))
-    from operators.backends import VLLMBackend
+    from operators.model_store import digest
+    from operators.settings import LLMSettings
+    from operators.vllm_backend import VLLMBackend
 
-    # same engine config as LLMSettings defaults, so the torch.compile cache is shared with runs
-    b = VLLMBackend(path, model_id=f"{MODEL}@{spec(MODEL).sha256[:12]}", max_model_len=4096, deadline_s=120)
+    # `[llm] model` as a local Hugging Face folder (the registry model's converted one); same engine config as
+    # the LLMSettings defaults otherwise, so the torch.compile cache is shared with runs
+    b = VLLMBackend.from_settings(LLMSettings(model=str(path), max_model_len=4096, deadline_s=120))
+    assert b.model_id == f"{path.name}@{digest(path)[:12]}" and b.model_path == str(path)
     yield b
     b.close()
 

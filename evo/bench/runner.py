@@ -166,9 +166,9 @@ def llm_backend(cell: Cell, backends: dict):
     """One in-process model per distinct [llm] setting, loaded once for the whole bench (None: classic)."""
     if cell.config.operators.kind == "classic":
         return None
-    from operators.backends import LazyVLLM
+    from operators.backends import LazyBackend
 
     key = cell.config.llm.model_dump_json()
     if key not in backends:
-        backends[key] = LazyVLLM(cell.config.llm)
+        backends[key] = LazyBackend(cell.config.llm)
     return backends[key]

@@ -1,0 +1,195 @@
+"""An OpenAI-compatible chat-completions server as a backend (vllm serve, llama.cpp's server, Ollama, SGLang).
+
+Every request of a `generate` call is in flight at once, up to `parallel`, so the server can
+batch them. Replies are streamed: at the call's deadline every unfinished request is
+abandoned (its connection closed, so the server can stop generating) and returned with
+finish_reason "deadline" and the text received so far; a stalled endpoint therefore costs
+at most the deadline. Connection failures, 429 and 5xx answers are retried up to `retries`
+times with exponential backoff inside the deadline; other 4xx answers are errors at once.
+The server's replies are untrusted input: anything malformed becomes an error completion.
+The API key is read from the environment variable `api_key_env` names, at each call.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from typing import Any, Sequence
+
+import httpx
+
+from operators.backends import Completion, Request, Usage
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class ServerError(RuntimeError):
+    """An answer that is not a usable completion; `retry` says whether asking again may help."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class OpenAIBackend:
+    """Chat completions from `base_url` (e.g. http://127.0.0.1:8000/v1) for model `model`."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, deadline_s: float = 600.0,
+                 retries: int = 1, parallel: int = 8, backoff_s: float = 1.0, model_id: str | None = None,
+                 api_key: str | None = None) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self._api_key = model, api_key_env, api_key
+        self.model_id = model_id or f"openai:{model}"
+        self.deadline_s, self.retries, self.parallel, self.backoff_s = deadline_s, retries, parallel, backoff_s
+        self.usage = Usage()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "OpenAIBackend":
+        """The backend `[llm]` describes (backend = "openai")."""
+        return cls(settings.base_url, settings.model, api_key_env=settings.api_key_env,
+                   deadline_s=settings.deadline_s, retries=settings.retries, parallel=settings.parallel)
+
+    def headers(self) -> dict[str, str]:
+        """Request headers; the key comes from the environment at each call and is never stored."""
+        key = self._api_key
+        if key is None and self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise RuntimeError(f"[llm] api_key_env names {self.api_key_env!r}, but that environment "
+                                   f"variable is empty or unset")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def generate(self, requests: Sequence[Request], deadline_s: float | None = None) -> list[Completion]:
+        """One completion per request, in order; all in flight at once (up to `parallel`) until the deadline."""
+        t0 = time.perf_counter()
+        limit = self.deadline_s if deadline_s is None else deadline_s
+        headers = self.headers()
+        out = _run(self._all(list(requests), headers, time.monotonic() + limit, limit))
+        self.usage.add(out, time.perf_counter() - t0)
+        return out
+
+    async def _all(self, requests: list[Request], headers: dict, deadline: float, limit: float) -> list[Completion]:
+        gate = asyncio.Semaphore(self.parallel)
+        timeout = httpx.Timeout(limit, connect=min(limit, 30.0))
+        limits = httpx.Limits(max_connections=self.parallel, max_keepalive_connections=self.parallel)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
+            return list(await asyncio.gather(*(self._one(client, gate, r, deadline, limit) for r in requests)))
+
+    async def _one(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, r: Request, deadline: float,
+                   limit: float) -> Completion:
+        body = {"model": self.model, "messages": r.message_dicts(), "max_tokens": r.max_tokens,
+                "temperature": r.temperature, "top_p": r.top_p, "stream": True,
+                "stream_options": {"include_usage": True}}
+        if r.seed is not None:
+            body["seed"] = r.seed
+        attempts, error = 0, "not started before the deadline"
+        async with gate:
+            t0 = time.monotonic()
+            while attempts <= self.retries and time.monotonic() < deadline:
+                attempts += 1
+                partial = _Partial()
+                try:
+                    await asyncio.wait_for(self._stream(client, body, partial), deadline - time.monotonic())
+                    return partial.completion(time.monotonic() - t0, attempts)
+                except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException):
+                    c = partial.completion(time.monotonic() - t0, attempts)
+                    c.finish_reason, c.error = "deadline", f"abandoned at the {limit:g}s deadline"
+                    return c
+                except ServerError as e:
+                    error = str(e)
+                    if not e.retry:
+                        break
+                except (httpx.HTTPError, OSError, ValueError) as e:
+                    error = f"{type(e).__name__}: {e}"
+                if attempts <= self.retries:
+                    pause = min(self.backoff_s * 2 ** (attempts - 1), max(0.0, deadline - time.monotonic()))
+                    await asyncio.sleep(pause)
+        reason = "deadline" if time.monotonic() >= deadline and attempts <= self.retries else "error"
+        return Completion("", finish_reason=reason, error=error, attempts=attempts,
+                          latency_s=time.monotonic() - t0 if attempts else 0.0)
+
+    async def _stream(self, client: httpx.AsyncClient, body: dict, partial: "_Partial") -> None:
+        async with client.stream("POST", self.url, json=body) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode("utf-8", "replace")[:500]
+                raise ServerError(f"HTTP {resp.status_code} from {self.url}: {text}",
+                                  retry=resp.status_code in RETRY_STATUS)
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                partial.add(_json_object(data))
+        if partial.finish_reason is None:
+            raise ServerError("the stream ended before a finish_reason", retry=True)
+
+
+class _Partial:
+    """What a streamed reply has delivered so far."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.prompt_tokens = self.completion_tokens = 0
+        self.chunks = 0
+
+    def add(self, chunk: dict) -> None:
+        if "error" in chunk:
+            raise ServerError(f"server error in stream: {str(chunk['error'])[:300]}", retry=True)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = _int(usage.get("prompt_tokens"))
+            self.completion_tokens = _int(usage.get("completion_tokens"))
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            self.parts.append(content)
+            self.chunks += 1
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = str(choice["finish_reason"])
+
+    def completion(self, latency_s: float, attempts: int) -> Completion:
+        return Completion("".join(self.parts), prompt_tokens=self.prompt_tokens,
+                          completion_tokens=self.completion_tokens or self.chunks,
+                          finish_reason=self.finish_reason or "stop",
+                          latency_s=latency_s, attempts=attempts)
+
+
+def _json_object(data: str) -> dict:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ServerError(f"stream chunk is not a JSON object: {data[:200]}", retry=True)
+    return value
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine to completion, also when the calling thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
