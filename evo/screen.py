@@ -89,6 +89,11 @@ class Screen:
         genome = Genome(genome_id(h, proposal.parents, proposal.operator, step, slot), proposal.code, h,
                         parents=proposal.parents, operator=proposal.operator, generation=step, island=island,
                         motivation=proposal.motivation)
+        stored = self.archive.genome(genome.id)
+        if stored is not None and stored.code != genome.code:
+            # a step redone after an interruption got another reply for this slot with the same normalised
+            # code (only comments or layout differ): the child stored first stands
+            genome = stored
         self.archive.add_genome(genome, origin=origin(proposal))
         child = Child(genome, proposal, self.archive.evaluations(genome.id, stage=1))
         if child.evaluations:  # screened before an interruption

@@ -92,3 +92,14 @@ def test_the_edit_format_is_stored_with_each_child_and_leaves_its_id_alone(tmp_p
     # the id derives from code, parents, operator, step and slot only: a full rewrite keeps the id it always had
     again = Screen(Archive(tmp_path / "b.sqlite"), None, [0], 0)(2, [proposal(CODE)], [0], 0)[0]
     assert again.genome.id == full.genome.id == genome_id(code_hash(CODE), ("p",), "classic_add_skip", 2, 0)
+
+
+def test_a_redone_step_whose_slot_gets_a_cosmetic_variant_keeps_the_stored_child(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, None, seeds=[0], lag=0)
+    first = screen(1, [proposal(CODE)], [0], slot_base=0)[0]
+    archive.add_evaluation(Evaluation(first.genome.id, 1, 0, "ok", 0.5, metrics=RUN))
+    variant = "# the same module, commented\nclass Mixer:\n    pass\n"
+    assert code_hash(variant) == code_hash(CODE)  # the id of the slot is the same
+    again = screen(1, [proposal(variant)], [0], slot_base=0)[0]
+    assert again.genome == first.genome and again.genome.code == CODE and again.score == 0.5
