@@ -16,6 +16,7 @@ import logging
 import random
 import statistics
 import threading
+import time
 from typing import Callable
 
 from tqdm import tqdm
@@ -48,6 +49,7 @@ class Bred:
     step: int
     children: list[Child]
     proposals: list[Proposal]
+    llm_s: float = 0.0  # wall seconds of the step's calls to the operator (LLM proposals and repairs)
 
 
 class Breeder:
@@ -65,7 +67,9 @@ class Breeder:
         """Propose, screen, train and repair the children of `asks`."""
         seed, repairs = self.config.run.seed, self.config.llm.repair_attempts
         specs = [self.spec(a, examples, step) for a in asks]
+        t0 = time.perf_counter()
         proposals = check_backend(self.variation.propose(specs, random.Random(f"{seed}:{step}:propose")))
+        llm_s = time.perf_counter() - t0
         islands = [a.island for a in asks]
         final = self.screen(step, proposals, islands, slot_base=0)
         latest = list(enumerate(final))
@@ -75,15 +79,17 @@ class Breeder:
             if not broken or attempt > repairs or not self.variation.repairs:
                 break
             log.info("step %d: repairing %d children (attempt %d)", step, len(broken), attempt)
+            t0 = time.perf_counter()
             repaired = check_backend(self.variation.repair([repair_item(c) for _, c in broken],
                                                            random.Random(f"{seed}:{step}:repair:{attempt}")))
+            llm_s += time.perf_counter() - t0
             proposals += repaired
             made = self.screen(step, repaired, [islands[i] for i, _ in broken], slot_base=attempt * REPAIR_SLOTS)
             latest = [(i, c) for (i, _), c in zip(broken, made)]
             for i, c in latest:
                 final[i] = c
         race(step, final, self.archive, self.config.fitness, Visible(step, self.lag), self.train_more)
-        return Bred(step, final, proposals)
+        return Bred(step, final, proposals, llm_s)
 
     def train_more(self, pairs: list[tuple[Child, int]]) -> None:
         """One more stage-1 training seed for each child named (racing)."""

@@ -2,7 +2,7 @@
 
 Every step records its LLM calls (and how many were answered from the cache), prompt and
 completion tokens (cached answers count: a resumed run is charged what the uninterrupted one
-was), sandboxed evaluations by stage (neither results copied from an identical genome nor
+was), the wall seconds its LLM calls took, sandboxed evaluations by stage (neither results copied from an identical genome nor
 rejections before the sandbox count; one with a learning-rate sweep counts once per rate), evaluation
 seconds and wall seconds. The checkpoint of step s stores that step's spending and the run's
 totals, so runs compare at equal budget on any axis and a resumed run keeps counting.
@@ -30,6 +30,7 @@ class Spent:
     evaluations_stage2: int = 0
     evaluation_s: float = 0.0
     wall_s: float = 0.0
+    llm_s: float = 0.0  # wall seconds of the step's LLM calls (proposals and repairs), cached ones included
 
     @property
     def tokens(self) -> int:
@@ -50,9 +51,11 @@ class Spent:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if d and f.name in d})
 
 
-def step_spent(proposals: Iterable[Proposal], evaluations: Iterable[Evaluation], wall_s: float) -> Spent:
-    """One step's costs from its LLM proposals and the evaluations of the genomes it made."""
-    spent = Spent(steps=1, wall_s=wall_s)
+def step_spent(proposals: Iterable[Proposal], evaluations: Iterable[Evaluation], wall_s: float,
+               llm_s: float = 0.0) -> Spent:
+    """One step's costs from its LLM proposals (whose calls took llm_s wall seconds) and the evaluations of
+    the genomes it made."""
+    spent = Spent(steps=1, wall_s=wall_s, llm_s=llm_s)
     for p in proposals:
         if p.completion is not None:
             spent.llm_calls += 1

@@ -145,7 +145,7 @@ class Engine:
         """Store the strategy's state after `step`, the asks in flight and what the step spent."""
         evaluations = [ev for g in self.archive.genomes(generation=step) for ev in self.archive.evaluations(g.id)]
         now = time.monotonic()
-        spent = step_spent(bred.proposals, evaluations, now - self.mark)
+        spent = step_spent(bred.proposals, evaluations, now - self.mark, bred.llm_s)
         spent.steps = 1 if step else 0
         self.total, self.mark = self.total + spent, now
         members = self.strategy.members() + [m for _, asks, _ in pending for a in asks for m in a.parents]

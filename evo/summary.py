@@ -139,8 +139,8 @@ def print_top(run_dir: Path, n: int = 20) -> None:
         t = state["total"]
         console.print(f"spent after step {last}: {t['steps']} steps, {t['evaluations_stage1']} stage-1 and "
                       f"{t['evaluations_stage2']} stage-2 evaluations ({t['evaluation_s']:.0f} s), {t['llm_calls']} "
-                      f"LLM requests ({t['llm_cached']} cached), {t['prompt_tokens'] + t['completion_tokens']:,} "
-                      f"tokens, {t['wall_s']:.0f} s wall; stopped: {archive.get_meta('stop_reason') or '-'}")
+                      f"LLM requests ({t['llm_cached']} cached, {t.get('llm_s', 0.0):.0f} s), "
+                      f"{t['prompt_tokens'] + t['completion_tokens']:,} tokens, {t['wall_s']:.0f} s wall; stopped: {archive.get_meta('stop_reason') or '-'}")
 
 
 def pareto_front(archive: Archive) -> tuple[list[tuple[str, str]], list[dict]]:

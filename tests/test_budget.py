@@ -19,12 +19,13 @@ def test_a_step_counts_tokens_including_cached_answers_and_only_sandboxed_evalua
                    Evaluation("c", 1, 0, "rejected", metrics={"protocol": 2}),  # the static policy: no sandbox
                    Evaluation("d", 1, 0, "rejected", reason="near-duplicate"),
                    Evaluation("a", 2, 0, "ok", 0.4, metrics=sandboxed, wall_s=5.0)]
-    spent = step_spent([proposal((100, 50)), proposal((80, 40), cached=True), proposal(None)], evaluations, 9.5)
+    spent = step_spent([proposal((100, 50)), proposal((80, 40), cached=True), proposal(None)], evaluations, 9.5, 3.25)
     assert (spent.llm_calls, spent.llm_cached, spent.prompt_tokens, spent.completion_tokens) == (2, 1, 180, 90)
     assert (spent.evaluations_stage1, spent.evaluations_stage2, spent.evaluation_s) == (2, 1, 8.0)
-    assert spent.steps == 1 and spent.wall_s == 9.5 and spent.tokens == 270
+    assert spent.steps == 1 and spent.wall_s == 9.5 and spent.tokens == 270 and spent.llm_s == 3.25
     total = spent + spent
-    assert total.evaluations == 6 and Spent.from_dict(total.as_dict()) == total
+    assert total.evaluations == 6 and total.llm_s == 6.5 and Spent.from_dict(total.as_dict()) == total
+    assert Spent.from_dict({"steps": 2}).llm_s == 0.0  # a checkpoint written before LLM seconds were recorded
 
 
 def test_each_limit_stops_at_its_own_count():

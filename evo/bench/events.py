@@ -100,7 +100,7 @@ def read_run(run_dir: Path, strategy: str, seed: int) -> RunEvents:
                           + total.get("evaluations_stage2", 0),
                           "tokens": total.get("prompt_tokens", 0) + total.get("completion_tokens", 0),
                           "wall_s": total.get("wall_s", 0.0), "llm_calls": total.get("llm_calls", 0),
-                          "best_so_far": upto[0]["best_so_far"] if upto else None})
+                          "llm_s": total.get("llm_s", 0.0), "best_so_far": upto[0]["best_so_far"] if upto else None})
         baseline = archive.get_meta("seed_baseline") or {}
         s2_means = {gid: statistics.fmean(v) for gid, v in stage_scores(archive, 2).items()}
         last = archive.last_checkpoint()

@@ -273,12 +273,13 @@ def seeds_section(runs: list[RunEvents], seeds: list[int]) -> tuple[str, str, st
 
 def runs_section(runs: list[RunEvents], budget: float, currency: str) -> tuple[str, str, str]:
     header = ["run", "status", "final", "charged evaluations", "reused from the bench", "evaluation s", "wall s",
-              "LLM calls", "LLM tokens", "best seed"]
+              "LLM calls", "LLM tokens", "LLM s", "LLM s per call (child or repair)", "best seed"]
     rows = []
     for r in runs:
         last = r.steps[-1] if r.steps else {}
         final = stats.final_scores([r], budget, currency, [r.seed])[0]
         rows.append([r.run, r.status, final, r.rows[-1]["evaluation"] if r.rows else 0,
                      sum(x["bench_reused"] for x in r.rows), r.rows[-1]["evaluation_s"] if r.rows else 0.0,
-                     last.get("wall_s"), last.get("llm_calls"), last.get("tokens"), r.seed_best])
+                     last.get("wall_s"), last.get("llm_calls"), last.get("tokens"), last.get("llm_s"),
+                     last["llm_s"] / last["llm_calls"] if last.get("llm_calls") else None, r.seed_best])
     return "Runs", table_html(header, rows), table_md(header, rows)
