@@ -30,7 +30,7 @@ class Spent:
     evaluations_stage2: int = 0
     evaluation_s: float = 0.0
     wall_s: float = 0.0
-    llm_s: float = 0.0  # wall seconds of the step's LLM calls (proposals and repairs), cached ones included
+    llm_s: float = 0.0  # wall seconds of the step's LLM calls, cached ones included (steady state: with waits for the main thread)
 
     @property
     def tokens(self) -> int:

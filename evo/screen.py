@@ -90,9 +90,9 @@ class Screen:
                         parents=proposal.parents, operator=proposal.operator, generation=step, island=island,
                         motivation=proposal.motivation)
         stored = self.archive.genome(genome.id)
-        if stored is not None and stored.code != genome.code:
-            # a step redone after an interruption got another reply for this slot with the same normalised
-            # code (only comments or layout differ): the child stored first stands
+        if stored is not None:
+            # a step redone after an interruption: the child stored first stands, also when this slot's reply
+            # differs from it only in comments, layout or motivation (the same normalised code)
             genome = stored
         self.archive.add_genome(genome, origin=origin(proposal))
         child = Child(genome, proposal, self.archive.evaluations(genome.id, stage=1))

@@ -12,9 +12,13 @@ with or without ``` fences around or inside them. A marker line may have more or
 characters (five at least, three with its word) and may lack its SEARCH / REPLACE word; a block
 that the next SEARCH marker (or the end of a reply that was not cut off) follows needs no end marker.
 Blocks apply in order, each to the result of the ones before, at the ONE place that matches: the
-exact lines first, then the same lines with other indentation or trailing whitespace (the
-replacement is re-indented by the difference), then the window of as many lines most similar to
-them (difflib ratio at least `NEAR_MISS`) when no other place is as similar. An empty SEARCH is
+exact lines first, then the same lines shifted by one indentation or with other trailing whitespace
+(the replacement is re-indented by the shift), then the window of as many lines most similar to
+them (difflib ratio at least `NEAR_MISS`) when no other place is as similar and it names the same
+variables, attributes and calls in the same order (it differs only in spacing, punctuation, numbers
+or comments: a SEARCH naming `k` where the code has `q`, or one that skips a line of the code, is
+no near miss of it). Lines whose indentation differs from the code's line by line (not by one
+shift) are refused: they would move the replacement into or out of a block. An empty SEARCH is
 refused (where an addition goes must be said by the lines around it). Anything that does not
 apply raises EditError, whose message names the block and quotes the closest lines of the module,
 so the repair round can fix it; so does a result that does not parse or defines no `class Mixer`.
@@ -38,6 +42,7 @@ _START = re.compile(r"^\s*(?:<{5,}\s*(?:SEARCH)?|<{3,}\s*SEARCH)\s*:?\s*$", re.I
 _DIVIDER = re.compile(r"^\s*={5,}\s*$")
 _END = re.compile(r"^\s*(?:>{5,}\s*(?:REPLACE)?|>{3,}\s*REPLACE)\s*:?\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```")
+_NAME = re.compile(r"(?<!\w)[A-Za-z_]\w*")  # identifiers and keywords (not the e of 1e-6)
 
 
 class EditError(ValueError):
@@ -126,6 +131,26 @@ def _reindent(lines: list[str], delta: int) -> list[str]:
     return [s[min(-delta, _indent(s)):] if s.strip() else s for s in lines]
 
 
+def _names(lines: Sequence[str]) -> list[str]:
+    """The identifiers and keywords of `lines` in order, comments left out."""
+    return [name for line in lines for name in _NAME.findall(line.split("#", 1)[0])]
+
+
+def _shift(code: Sequence[str], search: Sequence[str], name: str, start: int) -> int:
+    """The one indentation shift from the SEARCH lines to the code lines they match (those equal but for
+    their indentation); EditError when it differs from line to line."""
+    pairs = [(_indent(a) - _indent(b), a.strip()) for a, b in zip(code, search) if b.strip() and a.strip() == b.strip()]
+    odd = next((line for d, line in pairs if d != pairs[0][0]), None)
+    if odd is not None:
+        raise EditError(f"{name} matches {_where([start], len(search))} only with other indentation line by line "
+                        f"(`{odd}` is indented differently); copy the SEARCH lines with the code's indentation, so "
+                        "that the REPLACE lines keep each line in its block")
+    if pairs:
+        return pairs[0][0]
+    k = next((j for j, b in enumerate(search) if b.strip()), 0)
+    return _indent(code[k]) - _indent(search[k])
+
+
 def _ratio(a: Sequence[str], b: Sequence[str]) -> float:
     return difflib.SequenceMatcher(None, "\n".join(s.strip() for s in a), "\n".join(s.strip() for s in b)).ratio()
 
@@ -149,9 +174,7 @@ def _locate(code: list[str], search: list[str], name: str) -> tuple[int, int]:
             raise EditError(f"{name} matches {len(starts)} places ({_where(starts, n)}); add lines around it "
                             "so it matches one place only")
         if starts:
-            i = starts[0]
-            k = next((j for j, s in enumerate(search) if s.strip()), 0)
-            return i, _indent(code[i + k]) - _indent(search[k])
+            return starts[0], _shift(code[starts[0]:starts[0] + n], search, name, starts[0])
     if not windows:
         raise EditError(f"{name} has {n} lines but the code has only {len(code)}")
     ratios = [_ratio(code[i:i + n], search) for i in windows]
@@ -164,8 +187,11 @@ def _locate(code: list[str], search: list[str], name: str) -> tuple[int, int]:
     if rivals:
         raise EditError(f"{name} matches no lines exactly and {_where(sorted([best] + rivals), n)} equally well "
                         f"({ratios[best]:.0%} similar); copy the SEARCH lines exactly from the code")
-    k = next((j for j, s in enumerate(search) if s.strip()), 0)
-    return best, _indent(code[best + k]) - _indent(search[k])
+    if _names(code[best:best + n]) != _names(search):
+        raise EditError(f"{name} matches no lines of the code; the closest ({_where([best], n)}, "
+                        f"{ratios[best]:.0%} similar) name other variables or calls, or have lines more or less:\n"
+                        f"{_quote(code[best:best + n])}\n(SEARCH lines must be copied exactly from the code)")
+    return best, _shift(code[best:best + n], search, name, best)
 
 
 def apply_edits(code: str, edits: Sequence[Edit]) -> str:

@@ -33,8 +33,9 @@ def free_port() -> int:
 
 
 def start_server(gguf: Path, *, port: int, parallel: int, threads: int | None, n_ctx_per_slot: int,
-                 api_key: str | None = None) -> Any:
-    """An xllamacpp (llama.cpp) server on 127.0.0.1:port serving `gguf` with `parallel` slots."""
+                 api_key: str | None = None, speculative: str = "none") -> Any:
+    """An xllamacpp (llama.cpp) server on 127.0.0.1:port serving `gguf` with `parallel` slots; speculative
+    "ngram": llama.cpp's n-gram (prompt-lookup) drafts."""
     import xllamacpp
 
     p = xllamacpp.CommonParams()
@@ -50,6 +51,8 @@ def start_server(gguf: Path, *, port: int, parallel: int, threads: int | None, n
     p.endpoint_metrics = True
     if api_key:
         p.api_keys = [api_key]
+    if speculative == "ngram":
+        p.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
     return xllamacpp.Server(p)
 
 
@@ -57,11 +60,12 @@ class LlamaCppBackend:
     """`[llm] backend = "llamacpp"`: the model's GGUF file in an embedded llama.cpp server."""
 
     def __init__(self, gguf: Path, model_id: str, *, parallel: int = 8, threads: int | None = None,
-                 max_model_len: int = 3072, deadline_s: float = 600.0, retries: int = 1) -> None:
+                 max_model_len: int = 3072, deadline_s: float = 600.0, retries: int = 1,
+                 speculative: str = "none") -> None:
         t0 = time.perf_counter()
         key, port = secrets.token_hex(16), free_port()
         self.server = start_server(gguf, port=port, parallel=parallel, threads=threads,
-                                   n_ctx_per_slot=max_model_len, api_key=key)
+                                   n_ctx_per_slot=max_model_len, api_key=key, speculative=speculative)
         self.load_s = time.perf_counter() - t0
         self.client = OpenAIBackend(f"http://127.0.0.1:{port}/v1", gguf.stem, deadline_s=deadline_s,
                                     retries=retries, parallel=parallel, model_id=model_id, api_key=key)
@@ -74,7 +78,8 @@ class LlamaCppBackend:
 
         return cls(resolve(settings.model, "llamacpp"), model_id(settings.model), parallel=settings.parallel,
                    threads=settings.threads, max_model_len=settings.max_model_len,
-                   deadline_s=settings.deadline_s, retries=settings.retries)
+                   deadline_s=settings.deadline_s, retries=settings.retries,
+                   speculative=settings.speculative or "none")
 
     def generate(self, requests: Sequence[Request], deadline_s: float | None = None) -> list[Completion]:
         """One completion per request; see OpenAIBackend.generate."""
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ctx", type=int, default=3072, help="context tokens per slot")
     ap.add_argument("--api-key-env", default=None, help="environment variable holding the key clients must send")
+    ap.add_argument("--speculative", choices=("none", "ngram"), default="none", help="n-gram (prompt-lookup) drafts")
     args = ap.parse_args(argv)
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gguf = resolve(args.model, "llamacpp")
     server = start_server(gguf, port=args.port, parallel=args.parallel, threads=args.threads, n_ctx_per_slot=args.ctx,
-                          api_key=key)
+                          api_key=key, speculative=args.speculative)
     print(f"serving {gguf.name} at {server.listening_address}/v1 (model name {gguf.stem!r})", flush=True)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -187,51 +187,84 @@ def ensure_model(name: str, cache_dir: str | Path | None = None, log=print) -> P
 
 
 def ensure_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
-    """The assembled, sha256-checked GGUF file of registry model `name`, assembled once and cached."""
+    """The assembled, sha256-checked GGUF file of registry model `name`, assembled once and cached. The cached
+    file is used only while its sha256 is the expected one (memoised in the folder's digests.json, see
+    `digest`); a damaged or replaced file is assembled again."""
     s = spec(name)
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf"
-    final = root / s.gguf_name
-    if final.is_file() and final.stat().st_size == s.size:
+    final, memo = root / s.gguf_name, root / "digests.json"
+    if final.is_file() and final.stat().st_size == s.size and digest(final, memo) == s.sha256:
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        assemble_gguf(s, tmp)
+        sha = assemble_gguf(s, tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    _remember(memo, final.resolve(), _stamp(final.resolve())[1], sha)
     return final
 
 
-def digest(path: Path) -> str:
-    """sha256 of a weights file (its contents: a GGUF's published sha256), or of a folder's files (relative
-    names and contents, sorted), memoised
-    in <cache>/digests.json by path, size and mtime so a restart does not re-read gigabytes."""
-    path = path.resolve()
+def _stamp(path: Path) -> tuple[list[Path], list[list]]:
+    """The files of `path` (itself, or a folder's files sorted) and, per file, what tells whether it changed:
+    its name (relative to the folder), size, mtime, inode and ctime (a file replaced by another of the same
+    size and mtime, as `cp -p` or rsync leave it, has a new inode or ctime)."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
-             for p in files]
-    memo_file = cache_root() / "digests.json"
+    stamp = []
+    for p in files:
+        st = p.stat()
+        stamp.append([str(p.relative_to(path) if path.is_dir() else p.name), st.st_size, st.st_mtime_ns,
+                      st.st_ino, st.st_ctime_ns])
+    return files, stamp
+
+
+def _read_memo(memo_file: Path) -> dict:
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
-        memo = {}
-    hit = memo.get(str(path))
-    if isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _remember(memo_file: Path, path: Path, stamp: list, sha: str) -> None:
+    """Add `path`'s digest to the memo file (written whole to a temporary file, then renamed into place); a
+    memo that cannot be written (a read-only cache) is skipped: it only saves reading the file again."""
+    memo = _read_memo(memo_file)
+    memo[str(path)] = {"stamp": stamp, "sha256": sha}
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".digests.", suffix=".json", dir=memo_file.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def digest(path: Path, memo_file: Path | None = None) -> str:
+    """sha256 of a weights file (its contents: a GGUF's published sha256), or of a folder's files (relative
+    names and contents, sorted), memoised in `memo_file` (default <cache>/digests.json) by path and each
+    file's `_stamp`, so a restart does not re-read gigabytes."""
+    path = path.resolve()
+    files, stamp = _stamp(path)
+    memo_file = memo_file if memo_file is not None else cache_root() / "digests.json"
+    hit = _read_memo(memo_file).get(str(path))
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
         return hit["sha256"]
     h = hashlib.sha256()
-    for (name, _, _), p in zip(stamp, files):
+    for (name, *_), p in zip(stamp, files):
         if path.is_dir():
             h.update(name.encode() + b"\0")
         with open(p, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
-    memo[str(path)] = {"stamp": stamp, "sha256": h.hexdigest()}
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_file.with_name(f".digests.{os.getpid()}.json")
-    tmp.write_text(json.dumps(memo))
-    os.replace(tmp, memo_file)
-    return memo[str(path)]["sha256"]
+    _remember(memo_file, path, stamp, h.hexdigest())
+    return h.hexdigest()
 
 
 def ensure_converted(gguf: Path, cache_dir: str | Path | None = None) -> Path:

@@ -4,10 +4,13 @@ Every request of a `generate` call is in flight at once, up to `parallel`, so th
 batch them. Replies are streamed: at the call's deadline every unfinished request is
 abandoned (its connection closed, so the server can stop generating) and returned with
 finish_reason "deadline" and the text received so far; a stalled endpoint therefore costs
-at most the deadline. Connection failures, 429 and 5xx answers are retried up to `retries`
-times with exponential backoff inside the deadline; other 4xx answers are errors at once.
-The server's replies are untrusted input: anything malformed becomes an error completion.
-The API key is read from the environment variable `api_key_env` names, at each call.
+at most the deadline. Connection failures (a connect timeout included), 429 and 5xx answers
+are retried up to `retries` times with exponential backoff inside the deadline; other 4xx
+answers are errors at once. The server's replies are untrusted input: anything malformed
+(not JSON, nested too deep, a reply longer than `reply_limit(max_tokens)` bytes) becomes an
+error completion, never an exception. The API key is read from the environment variable
+`api_key_env` names, at each call, and is masked in every error message (a server may echo
+the request's headers).
 """
 from __future__ import annotations
 
@@ -23,6 +26,14 @@ import httpx
 from operators.backends import Completion, Request, Usage
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+CONNECT_TIMEOUT_S = 30.0  # most seconds one connection attempt may take (less when the deadline is closer)
+ERROR_BODY_BYTES = 4096  # most bytes of an HTTP error answer read (500 quoted)
+MAX_COUNT = 2**31 - 1  # token counts above this are not believed
+
+
+def reply_limit(max_tokens: int) -> int:
+    """Most bytes a streamed reply of `max_tokens` tokens may take (a chunk per token is < 1 KB)."""
+    return (1 << 20) + 4096 * max_tokens
 
 
 class ServerError(RuntimeError):
@@ -55,10 +66,14 @@ class OpenAIBackend:
         """Request headers; the key comes from the environment at each call and is never stored."""
         key = self._api_key
         if key is None and self.api_key_env:
-            key = os.environ.get(self.api_key_env)
+            key = os.environ.get(self.api_key_env, "").strip()  # a key file read with its newline
             if not key:
                 raise RuntimeError(f"[llm] api_key_env names {self.api_key_env!r}, but that environment "
                                    f"variable is empty or unset")
+            if not (key.isascii() and key.isprintable()) or any(ch.isspace() for ch in key):
+                # the HTTP library would quote the refused header, key and all, in its error
+                raise RuntimeError(f"the environment variable {self.api_key_env!r} holds no API key: one is "
+                                   "printable ASCII without spaces")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def generate(self, requests: Sequence[Request], deadline_s: float | None = None) -> list[Completion]:
@@ -67,12 +82,15 @@ class OpenAIBackend:
         limit = self.deadline_s if deadline_s is None else deadline_s
         headers = self.headers()
         out = _run(self._all(list(requests), headers, time.monotonic() + limit, limit))
+        key = headers.get("Authorization", "").removeprefix("Bearer ")
+        for c in out:
+            c.error = _mask(c.error, key)
         self.usage.add(out, time.perf_counter() - t0)
         return out
 
     async def _all(self, requests: list[Request], headers: dict, deadline: float, limit: float) -> list[Completion]:
         gate = asyncio.Semaphore(self.parallel)
-        timeout = httpx.Timeout(limit, connect=min(limit, 30.0))
+        timeout = httpx.Timeout(limit, connect=min(limit, CONNECT_TIMEOUT_S))
         limits = httpx.Limits(max_connections=self.parallel, max_keepalive_connections=self.parallel)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
             return list(await asyncio.gather(*(self._one(client, gate, r, deadline, limit) for r in requests)))
@@ -91,18 +109,25 @@ class OpenAIBackend:
                 attempts += 1
                 partial = _Partial()
                 try:
-                    await asyncio.wait_for(self._stream(client, body, partial), deadline - time.monotonic())
+                    await asyncio.wait_for(self._stream(client, body, partial, reply_limit(r.max_tokens)),
+                                           deadline - time.monotonic())
                     return partial.completion(time.monotonic() - t0, attempts)
-                except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException):
-                    c = partial.completion(time.monotonic() - t0, attempts)
-                    c.finish_reason, c.error = "deadline", f"abandoned at the {limit:g}s deadline"
-                    return c
+                except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException) as e:
+                    if isinstance(e, httpx.TimeoutException) and time.monotonic() < deadline:
+                        error = f"{type(e).__name__}: {e}"  # e.g. a connect timeout: a connection failure
+                    else:
+                        c = partial.completion(time.monotonic() - t0, attempts)
+                        c.finish_reason, c.error = "deadline", f"abandoned at the {limit:g}s deadline"
+                        return c
                 except ServerError as e:
                     error = str(e)
                     if not e.retry:
                         break
                 except (httpx.HTTPError, OSError, ValueError) as e:
                     error = f"{type(e).__name__}: {e}"
+                except Exception as e:  # anything else a malformed reply may raise: an error, not a crash
+                    error = f"{type(e).__name__}: {e}"[:500]
+                    break
                 if attempts <= self.retries:
                     pause = min(self.backoff_s * 2 ** (attempts - 1), max(0.0, deadline - time.monotonic()))
                     await asyncio.sleep(pause)
@@ -110,13 +135,18 @@ class OpenAIBackend:
         return Completion("", finish_reason=reason, error=error, attempts=attempts,
                           latency_s=time.monotonic() - t0 if attempts else 0.0)
 
-    async def _stream(self, client: httpx.AsyncClient, body: dict, partial: "_Partial") -> None:
+    async def _stream(self, client: httpx.AsyncClient, body: dict, partial: "_Partial", limit: int) -> None:
         async with client.stream("POST", self.url, json=body) as resp:
             if resp.status_code != 200:
-                text = (await resp.aread()).decode("utf-8", "replace")[:500]
+                head = b""
+                async for data in resp.aiter_bytes():
+                    head += data
+                    if len(head) >= ERROR_BODY_BYTES:
+                        break
+                text = head.decode("utf-8", "replace")[:500]
                 raise ServerError(f"HTTP {resp.status_code} from {self.url}: {text}",
                                   retry=resp.status_code in RETRY_STATUS)
-            async for line in resp.aiter_lines():
+            async for line in _lines(resp, limit):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -137,7 +167,7 @@ class _Partial:
         self.chunks = 0
 
     def add(self, chunk: dict) -> None:
-        if "error" in chunk:
+        if chunk.get("error") is not None:
             raise ServerError(f"server error in stream: {str(chunk['error'])[:300]}", retry=True)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -162,15 +192,41 @@ class _Partial:
                           latency_s=latency_s, attempts=attempts)
 
 
+async def _lines(resp: httpx.Response, limit: int) -> Any:
+    """The lines of a streamed answer (decoded, without line ends); ServerError once it passes `limit` bytes,
+    so a server that sends without end (or one endless line) costs bounded memory."""
+    total, buf = 0, bytearray()
+    async for data in resp.aiter_bytes():
+        total += len(data)
+        if total > limit:
+            raise ServerError(f"the reply passed {limit} bytes without ending", retry=False)
+        buf += data
+        if b"\n" in data:
+            *lines, rest = bytes(buf).split(b"\n")
+            buf = bytearray(rest)
+            for line in lines:
+                yield line.decode("utf-8", "replace").rstrip("\r")
+    if buf:
+        yield bytes(buf).decode("utf-8", "replace").rstrip("\r")
+
+
 def _json_object(data: str) -> dict:
-    value = json.loads(data)
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ServerError("stream chunk is JSON nested too deep", retry=True) from None
     if not isinstance(value, dict):
         raise ServerError(f"stream chunk is not a JSON object: {data[:200]}", retry=True)
     return value
 
 
 def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT else 0
+
+
+def _mask(text: str, key: str) -> str:
+    """`text` with every occurrence of the API key `key` replaced by <api key>."""
+    return text.replace(key, "<api key>") if key and text else text
 
 
 def _run(coro: Any) -> Any:

@@ -75,6 +75,9 @@ class Mixer(nn.Module):
 _LINE_REF = re.compile(r'(?:File "<genome>", line|genome line|policy: line|policy: syntax error at line) (\d+)')
 
 
+NOTE_CHARS = 200  # most characters of a genome's note (the LLM's motivation line) in a prompt
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """A genome as shown in a prompt: its code, its score (None = not scored) and a short note."""
@@ -82,6 +85,11 @@ class Example:
     code: str
     score: float | None = None
     note: str = ""
+
+
+def _note(note: str) -> str:
+    """A note of at most NOTE_CHARS (a motivation is the LLM's own line, of any length)."""
+    return note if len(note) <= NOTE_CHARS else note[:NOTE_CHARS - 3].rstrip() + "..."
 
 
 def _score(s: float | None) -> str:
@@ -97,7 +105,7 @@ def _examples(examples: Sequence[Example]) -> str:
         return ""
     parts = ["Strong mixers from the archive, for reference:"]
     for e in examples:
-        parts.append(f"# {_score(e.score)}" + (f" - {e.note}" if e.note else ""))
+        parts.append(f"# {_score(e.score)}" + (f" - {_note(e.note)}" if e.note else ""))
         parts.append(_block(e.code))
     return "\n".join(parts) + "\n\n"
 
@@ -107,7 +115,7 @@ def _avoid(avoid: Sequence[Example]) -> str:
         return ""
     lines = ["These existing mixers are too close to what you may write; move away from them:"]
     for e in avoid:
-        lines.append(f"- {e.note}" if e.note else _block(e.code))
+        lines.append(f"- {_note(e.note)}" if e.note else _block(e.code))
     return "\n".join(lines) + "\n\n"
 
 

@@ -64,12 +64,16 @@ class LLMSettings(BaseModel):
                                         "slots); default 8. vllm batches a whole call")
     threads: int | None = Field(
         None, ge=1, le=1024, description="llamacpp only: CPU threads (default: every core)")
+    speculative: Literal["none", "ngram"] | None = Field(
+        None, description="llamacpp only: 'ngram' drafts tokens by looking up n-grams of the prompt (a full "
+                          "rewrite mostly copies the parent), verified by the model; default 'none'")
     max_tokens: int = Field(
         700, ge=16, le=8192, description="most tokens generated per reply (a mixer module is ~300-600)")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
-    max_model_len: int = Field(
-        3072, ge=512, le=32768, description="context length (prompt + reply) the in-process engine allocates for")
+    max_model_len: int | None = Field(
+        None, ge=512, le=32768, description="vllm and llamacpp: context length (prompt + reply) the in-process engine "
+                                            "allocates for (llamacpp: per slot), default 3072")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
         None, description="vllm only: weights/compute dtype; 'auto' (the default) = float32 on CPUs without "
                           "native bf16 (bf16 matmuls were 6x slower than fp32 on an AVX2-only EPYC), bfloat16 else")
@@ -83,9 +87,10 @@ class LLMSettings(BaseModel):
                                         "VLLM_CPU_KVCACHE_SPACE if unset)")
     @model_validator(mode="after")
     def _backend_keys(self) -> "LLMSettings":
-        given = {k for k in ("base_url", "api_key_env", "parallel", "threads", *VLLM_ONLY) if getattr(self, k) is not None}
-        allowed = {"vllm": set(VLLM_ONLY), "openai": {"base_url", "api_key_env", "parallel"},
-                   "llamacpp": {"parallel", "threads"}}[self.backend]
+        given = {k for k in ("base_url", "api_key_env", "parallel", "threads", "speculative", "max_model_len",
+                             *VLLM_ONLY) if getattr(self, k) is not None}
+        allowed = {"vllm": {"max_model_len", *VLLM_ONLY}, "openai": {"base_url", "api_key_env", "parallel"},
+                   "llamacpp": {"parallel", "threads", "speculative", "max_model_len"}}[self.backend]
         if given - allowed:
             raise ValueError(f"{', '.join(sorted(given - allowed))} do(es) not apply to backend = {self.backend!r} "
                              f"(its keys: {', '.join(sorted(allowed))})")
@@ -93,6 +98,9 @@ class LLMSettings(BaseModel):
             raise ValueError("backend = \"openai\" needs base_url, e.g. \"http://127.0.0.1:8000/v1\"")
         if self.backend == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.base_url and "@" in self.base_url.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("base_url must not hold credentials (user:password@): put the key in an environment "
+                             "variable and name it in api_key_env")
         if self.backend != "openai" and self.model not in MODELS and not is_local(self.model):
             raise ValueError(f"model {self.model!r} is not a registry model ({', '.join(MODELS)}) nor a path "
                              f"to a Hugging Face folder or a .gguf file")
@@ -102,6 +110,8 @@ class LLMSettings(BaseModel):
                     setattr(self, k, v)
         elif self.parallel is None:
             self.parallel = 8
+        if self.backend != "openai" and self.max_model_len is None:
+            self.max_model_len = 3072
         return self
 
     deadline_s: float = Field(

@@ -180,3 +180,10 @@ def test_llm_backend_keys_are_checked_per_backend():
     local = parse_config({"llm": {"backend": "llamacpp", "model": "~/models/coder.gguf", "threads": 2}})
     assert local.llm.parallel == 8 and local.llm.threads == 2
     assert parse_config({}).llm.kv_cache_gb == 2  # vllm: its defaults filled in
+    with pytest.raises(ConfigError, match="speculative do\\(es\\) not apply to backend = 'vllm'"):
+        parse_config({"llm": {"speculative": "ngram"}})
+    with pytest.raises(ConfigError, match="max_model_len do\\(es\\) not apply to backend = 'openai'"):
+        parse_config({"llm": {"backend": "openai", "base_url": "http://h/v1", "max_model_len": 4096}})
+    with pytest.raises(ConfigError, match="must not hold credentials"):
+        parse_config({"llm": {"backend": "openai", "base_url": "http://me:pw@h/v1"}})
+    assert served.llm.max_model_len is None and local.llm.max_model_len == 3072

@@ -143,3 +143,51 @@ def test_a_result_that_is_no_new_module_is_an_error(replace, why):
     short = SEEDS["short_conv"]
     with pytest.raises(EditError, match="defines no top-level `class Mixer`"):
         apply_edits(short, parse_edits(block("class Mixer(nn.Module):", "class Mixer2(nn.Module):")))
+
+
+GATED = """import torch
+import torch.nn as nn
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.v = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        y = self.v(x)
+        if self.training:
+            y = y * 0.9
+        y = y.cumsum(dim=1)
+        return y
+"""
+
+
+def test_a_search_indented_otherwise_line_by_line_is_refused_not_moved_into_a_block():
+    """Before: the stripped lines matched, and the REPLACE (written for the SEARCH's indentation) silently moved
+    the cumsum into the `if`: a valid module that mixes causally only while training."""
+    search = "        if self.training:\n            y = y * 0.9\n            y = y.cumsum(dim=1)"
+    with pytest.raises(EditError, match=r"block 1 .*lines 12-14 only with other indentation line by line"):
+        apply_edits(GATED, parse_edits(block(search, search.replace("0.9", "0.8"))))
+    shifted = "\n".join(line[4:] for line in search.split("\n")[:2])  # one shift for every line: re-indented
+    new = apply_edits(GATED, parse_edits(block(shifted, shifted.replace("0.9", "0.8"))))
+    assert changed(GATED, new) == ["-             y = y * 0.9", "+             y = y * 0.8"]
+
+
+def test_a_near_miss_that_names_other_variables_is_refused():
+    """The parent's q line is no longer the seed's; a SEARCH copying the seed's q line was 96% like the k line and
+    silently replaced it (the k feature map gone, q assigned twice)."""
+    parent = LINEAR.replace(Q_LINE, Q_SOFTPLUS)
+    relu = "        q = F.relu(q.view(b, t, h, e).transpose(1, 2)) ** 2"
+    with pytest.raises(EditError, match=r"(?s)block 1 .*matches no lines of the code; the closest \(line 26, .*k = F\.elu"):
+        apply_edits(parent, parse_edits(block(Q_LINE, relu)))
+
+
+def test_a_search_that_skips_a_line_of_the_code_is_refused():
+    """Before: the 4 SEARCH lines matched 4 of the 5 code lines as a near miss; the `ksum` line was dropped and
+    the `num` line doubled."""
+    lines = LINEAR.split("\n")
+    search = "\n".join(lines[33:35] + lines[36:38])  # lines 34, 35, 37, 38 (36 left out)
+    replace = "\n".join(lines[33:35] + lines[36:37] + ["        before = before * 0.5"] + lines[37:38])
+    with pytest.raises(EditError, match="matches no lines of the code"):
+        apply_edits(LINEAR, parse_edits(block(search, replace)))

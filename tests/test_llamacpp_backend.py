@@ -30,3 +30,24 @@ def test_the_llamacpp_backend_refuses_a_folder():
 
     with pytest.raises(ModelStoreError, match="loads a .gguf file"):
         LlamaCppBackend.from_settings(LLMSettings(backend="llamacpp", model="/tmp"))
+
+
+def test_ngram_speculation_keeps_greedy_replies_identical():
+    """Drafts are verified by the model: with temperature 0 the reply is the one plain decoding gives."""
+    needs_server()
+    from operators.model_store import ensure_gguf
+
+    gguf = str(ensure_gguf("qwen2.5-coder-0.5b"))
+    code = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+    ask = Request.chat([{"role": "user", "content": f"Repeat this code exactly, then stop:\n{code}"}], max_tokens=48,
+                       temperature=0.0, seed=0)
+    replies = []
+    for speculative in ("none", "ngram"):
+        backend = LazyBackend(LLMSettings(backend="llamacpp", model=gguf, parallel=1, threads=2,
+                                          max_model_len=1024, speculative=speculative))
+        try:
+            replies.append(backend.generate([ask])[0].text)
+        finally:
+            backend.close()
+    assert replies[0] and replies[0] == replies[1]
+    assert "return a - b" in replies[0]

@@ -134,3 +134,38 @@ def test_resolve_local_models_per_backend(monkeypatch, tmp_path):
     with pytest.raises(ms.ModelStoreError, match="no such file or folder"):
         ms.resolve(str(tmp_path / "missing.gguf"), "llamacpp")
     assert ms.is_local(str(gguf)) and ms.is_local("~/m") and not ms.is_local("qwen2.5-coder-0.5b")
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_hashed_again(monkeypatch, tmp_path):
+    """`cp -p` or rsync leave a replaced file with the old size and mtime: the memo must not answer for it."""
+    import os
+
+    monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path / "cache"))
+    f, other = tmp_path / "m.gguf", tmp_path / "other.gguf"
+    f.write_bytes(b"A" * 100)
+    assert ms.digest(f) == hashlib.sha256(b"A" * 100).hexdigest()
+    st = f.stat()
+    other.write_bytes(b"B" * 100)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, f)
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert ms.digest(f) == hashlib.sha256(b"B" * 100).hexdigest()
+
+
+def test_a_damaged_cached_gguf_of_the_right_size_is_assembled_again(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"ab", b"cd"])
+    gguf = ms.ensure_gguf("fake", tmp_path / "gguf")
+    with open(gguf, "r+b") as f:  # a flipped byte: same size
+        f.seek(1)
+        f.write(b"X")
+    assert ms.ensure_gguf("fake", tmp_path / "gguf") == gguf and gguf.read_bytes() == b"abcd"
+
+
+def test_a_memo_file_that_is_no_object_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.setenv("EVOARCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "digests.json").write_text("[1, 2]")
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"w")
+    assert ms.digest(f) == hashlib.sha256(b"w").hexdigest()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["digests.json"]  # no temporary file left

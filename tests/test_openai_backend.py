@@ -145,3 +145,219 @@ def rows_debug(run_dir):
     return sqlite3.connect(run_dir / "archive.sqlite").execute(
         "SELECT json_extract(completion, '$.finish_reason'), json_extract(completion, '$.error'), "
         "substr(json_extract(completion, '$.text'), 1, 80) FROM llm_calls").fetchall()
+
+
+# ---------------------------------------------------------------------------------------
+# against a tiny scripted HTTP server (asyncio, 127.0.0.1): replies no model server gives
+
+
+class Scripted:
+    """An HTTP server on 127.0.0.1 in a thread of its own; `reply(writer, head)` answers each request."""
+
+    def __init__(self, reply):
+        import asyncio
+        import threading
+
+        self.reply, self.heads, self.loop = reply, [], asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve(reader, writer):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                size = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                             if h.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(size)
+                self.heads.append(head)
+                await self.reply(writer, head)
+            except Exception:
+                pass
+            finally:
+                writer.close()
+
+        async def start():
+            self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+            ready.set()
+
+        def main():
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=main, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def close(self):
+        """Stop serving, end the replies still running, stop the thread."""
+        import asyncio
+
+        async def shut():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def scripted():
+    made = []
+
+    def make(reply):
+        made.append(Scripted(reply))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def sse(*events: bytes) -> bytes:
+    """A 200 event-stream answer of `events` (each a data: payload) and [DONE], closed after."""
+    body = b"".join(b"data: " + e + b"\n\n" for e in (*events, b"[DONE]"))
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + body
+
+
+def answer(data: bytes):
+    async def reply(writer, head):
+        writer.write(data)
+        await writer.drain()
+    return reply
+
+
+STOP = b'{"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}'
+
+
+def test_malformed_stream_chunks_are_error_completions_never_exceptions(scripted):
+    cases = {
+        b"[" * 100_000 + b"]" * 100_000: "nested too deep",  # json.loads raised RecursionError out of generate
+        b"[1, 2]": "not a JSON object",
+        b"not json": "JSONDecodeError",
+        b'{"choices": [{"delta": {"content": "a"}}]}': "before a finish_reason",
+        b'{"usage": {"prompt_tokens": ' + b"9" * 5000 + b"}}": "ValueError",
+    }
+    for chunk, why in cases.items():
+        server = scripted(answer(sse(chunk)))
+        c = OpenAIBackend(server.url, "m", deadline_s=10, retries=0).generate([ask(0)])[0]
+        assert c.finish_reason == "error" and why in c.error, (chunk[:40], c)
+
+
+def test_odd_but_readable_chunks_give_the_text_and_believable_counts(scripted):
+    server = scripted(answer(sse(
+        b'{"choices": [1, {"delta": {"content": "x"}}]}',  # a non-dict choice: skipped
+        b'{"choices": [{"delta": "x"}]}', b'{"choices": [{"delta": {"content": 5}}]}',
+        b'{"error": null, "choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}],'
+        b' "usage": {"prompt_tokens": "7", "completion_tokens": 1000000000000000000000}}')))
+    c = OpenAIBackend(server.url, "m", deadline_s=10, retries=0).generate([ask(0)])[0]
+    assert (c.text, c.finish_reason, c.error) == ("ok", "stop", "")
+    assert c.prompt_tokens == 0 and c.completion_tokens == 1  # unbelievable counts are not taken
+
+
+def test_an_endless_reply_line_is_cut_at_the_reply_limit_not_held_in_memory(scripted):
+    import operators.openai_backend as ob
+
+    async def endless(writer, head):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: ")
+        for _ in range(2000):  # 2 GB if read to the end
+            writer.write(b"a" * (1 << 20))
+            await writer.drain()
+
+    server = scripted(endless)
+    t = time.monotonic()
+    c = OpenAIBackend(server.url, "m", deadline_s=30, retries=0).generate([ask(0)])[0]
+    assert c.finish_reason == "error" and f"passed {ob.reply_limit(16)} bytes" in c.error
+    assert time.monotonic() - t < 10
+
+
+def test_the_api_key_is_masked_in_an_error_that_echoes_the_request(scripted, monkeypatch):
+    async def echo(writer, head):
+        body = b"unauthorised; you sent:\n" + head
+        writer.write(b"HTTP/1.1 401 No\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    server = scripted(echo)
+    monkeypatch.setenv("EVO_TEST_KEY", "sk-the-secret-4e1f")
+    c = OpenAIBackend(server.url, "m", api_key_env="EVO_TEST_KEY", deadline_s=10).generate([ask(0)])[0]
+    assert b"sk-the-secret-4e1f" in server.heads[0]  # it was sent, and echoed back
+    assert c.finish_reason == "error" and "HTTP 401" in c.error and "Bearer <api key>" in c.error
+    assert "sk-the-secret-4e1f" not in c.error
+
+
+def test_the_deadline_bounds_a_call_whose_requests_wait_for_a_server_that_never_answers(scripted):
+    import asyncio
+
+    async def never(writer, head):
+        await asyncio.sleep(3600)
+
+    server = scripted(never)
+    t = time.monotonic()
+    out = OpenAIBackend(server.url, "m", deadline_s=1.5, parallel=1, retries=3).generate([ask(i) for i in range(3)])
+    assert 1.4 < time.monotonic() - t < 4
+    assert [c.finish_reason for c in out] == ["deadline"] * 3 and [c.attempts for c in out] == [1, 0, 0]
+
+
+def test_retries_with_backoff_stop_at_the_deadline(scripted):
+    server = scripted(answer(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\n\r\nbusy"))
+    t = time.monotonic()
+    c = OpenAIBackend(server.url, "m", deadline_s=1.5, retries=5, backoff_s=1.0).generate([ask(0)])[0]
+    assert 1.4 < time.monotonic() - t < 4
+    assert c.finish_reason == "deadline" and c.attempts == 2 and "HTTP 503" in c.error
+
+
+def test_a_connect_timeout_before_the_deadline_is_a_retried_connection_failure(monkeypatch):
+    import socket
+
+    import operators.openai_backend as ob
+
+    monkeypatch.setattr(ob, "CONNECT_TIMEOUT_S", 0.4)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepts: once its queue is full, connection attempts hang
+    port, fill = listener.getsockname()[1], []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fill.append(s)
+    try:
+        t = time.monotonic()
+        c = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", deadline_s=20, retries=1,
+                          backoff_s=0.1).generate([ask(0)])[0]
+        took = time.monotonic() - t
+    finally:
+        for s in [*fill, listener]:
+            s.close()
+    assert c.finish_reason == "error" and "ConnectTimeout" in c.error and c.attempts == 2, c
+    assert took < 5
+
+
+def test_generate_works_from_a_thread_that_runs_an_event_loop(scripted):
+    import asyncio
+
+    server = scripted(answer(sse(STOP)))
+    b = OpenAIBackend(server.url, "m", deadline_s=10)
+
+    async def inside():
+        return b.generate([ask(0), ask(1)])
+
+    assert [c.text for c in asyncio.run(inside())] == ["ok", "ok"]
+
+
+def test_a_key_read_with_its_newline_is_sent_stripped_and_a_malformed_one_is_refused_unquoted(scripted, monkeypatch):
+    """Before: the key's newline made the HTTP library refuse the header and quote it, key and all, in the error
+    that the archive stores."""
+    server = scripted(answer(sse(STOP)))
+    monkeypatch.setenv("EVO_TEST_KEY", "sk-the-secret-4e1f\n")
+    b = OpenAIBackend(server.url, "m", api_key_env="EVO_TEST_KEY", deadline_s=10, retries=0)
+    c = b.generate([ask(0)])[0]
+    assert (c.text, c.error) == ("ok", "") and b"Bearer sk-the-secret-4e1f\r\n" in server.heads[0]
+    for bad in ("sk-the secret", "sk-th\u00e9-secret", "sk-the-\x07secret"):
+        monkeypatch.setenv("EVO_TEST_KEY", bad)
+        with pytest.raises(RuntimeError, match="'EVO_TEST_KEY' holds no API key") as err:
+            b.generate([ask(0)])
+        assert "secret" not in str(err.value)

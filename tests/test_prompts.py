@@ -114,3 +114,15 @@ def test_an_edits_repair_asks_for_blocks_or_a_whole_module():
     assert msgs[0]["content"] == prompts.DIFF_SYSTEM
     assert "your SEARCH/REPLACE edits of it" in msgs[1]["content"]
     assert msgs[1]["content"].endswith(prompts.REPAIR_DIFF_REMINDER) and "whole fixed module" in msgs[1]["content"]
+
+
+def test_a_long_motivation_shown_as_a_note_is_clipped():
+    """A genome's note is the LLM's own MOTIVATION line; a degenerate reply repeats itself for thousands of
+    characters, which every later prompt showing that genome would carry."""
+    long = "softplus " * 1000
+    msgs = prompts.mutation(PARENT, "d", examples=[Example("class Mixer: best", 0.9, long)],
+                            avoid=[Example("x", None, long)])
+    user = msgs[1]["content"]
+    assert len(user) < 1500 and user.count("softplus softplus") >= 2 and "..." in user
+    short = prompts.mutation(PARENT, "d", examples=[Example("class Mixer: best", 0.9, "a  gate")])[1]["content"]
+    assert "# score 0.9000 - a  gate" in short  # short notes as they are (prompts, hence cache keys, unchanged)
