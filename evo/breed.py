@@ -69,7 +69,7 @@ class Breeder:
         specs = [self.spec(a, examples, step) for a in asks]
         t0 = time.perf_counter()
         proposals = check_backend(self.variation.propose(specs, random.Random(f"{seed}:{step}:propose")))
-        llm_s = time.perf_counter() - t0
+        llm_s = time.perf_counter() - t0 if any(p.request is not None for p in proposals) else 0.0
         islands = [a.island for a in asks]
         final = self.screen(step, proposals, islands, slot_base=0)
         latest = list(enumerate(final))

@@ -74,7 +74,7 @@ def snapshot(run_dir: Path) -> dict:
     for step in range(archive.last_checkpoint() + 1):
         state = archive.checkpoint_state(step)
         for part in ("spent", "total"):
-            state[part] = {k: v for k, v in state[part].items() if k not in ("wall_s", "evaluation_s")}
+            state[part] = {k: v for k, v in state[part].items() if k not in ("wall_s", "evaluation_s", "llm_s")}
         checkpoints[step] = (archive.population(step), json.dumps(state, sort_keys=True))
     return {"genomes": genomes, "evaluations": evaluations, "checkpoints": checkpoints}
 
