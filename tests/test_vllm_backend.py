@@ -73,3 +73,14 @@ def test_cache_hit_returns_identical_text_without_calling_model(backend):
     second = cached.generate(reqs)
     assert backend.usage.calls == calls
     assert [c.text for c in second] == [c.text for c in first] and all(c.cached for c in second)
+
+
+def test_the_engine_runs_in_this_process_so_kill_9_leaves_nothing_behind(backend):
+    """No engine or worker process of vLLM's: killing the run kills the model with it."""
+    import os
+
+    from procs import children, cmdline
+
+    assert backend.generate([ask(0, 4)])[0].ok
+    spawned = [pid for pid in children(os.getpid()) if b"resource_tracker" not in cmdline(pid)]
+    assert not [cmdline(pid)[:80] for pid in spawned if b"VLLM" in cmdline(pid) or b"vllm" in cmdline(pid)]
