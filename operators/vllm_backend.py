@@ -79,9 +79,8 @@ class VLLMBackend:
             set_vllm_cpu_env(kv_cache_gb=kv_cache_gb)
         else:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        # The engine and its one worker run in this process: with vLLM's default engine and worker
-        # processes, a run killed with kill -9 left them running, holding the model's memory (7.4 GB for
-        # the 1.5B model), until the machine ran out of memory.
+        # engine and worker in this process, so that kill -9 of a run takes the model's memory with it
+        # (vLLM's own engine and worker processes outlive a killed parent)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         llm_kwargs.setdefault("distributed_executor_backend", "uni")
         from vllm import LLM
