@@ -19,8 +19,11 @@ from archive.normalise import NormaliseError, code_hash
 from archive.store import Archive
 from evo.neighbours import Neighbours
 from fitness.protocol import FITNESS_PROTOCOL
+from operators.prompts import CONTRACT_EXAMPLE
 from operators.researcher import Proposal
 from records import Evaluation, Genome, genome_id
+
+EXAMPLE_HASH = code_hash(CONTRACT_EXAMPLE)  # the repair prompt's minimal Mixer: never a child
 
 REUSABLE = ("ok", "rejected", "failed")  # timeout and killed say more about the machine than the code
 
@@ -86,6 +89,11 @@ class Screen:
         except NormaliseError as exc:
             self.archive.log_event("parse_failed", str(exc), generation=step, slot=slot)
             return Child(None, proposal, error=str(exc))
+        if h == EXAMPLE_HASH:
+            why = "the reply is the repair prompt's minimal example Mixer, not a fix of the module"
+            self.archive.log_event("parse_failed", why, operator=proposal.operator, parents=list(proposal.parents),
+                                   generation=step, slot=slot, edit_format=proposal.edit_format)
+            return Child(None, proposal, error=why)
         genome = Genome(genome_id(h, proposal.parents, proposal.operator, step, slot), proposal.code, h,
                         parents=proposal.parents, operator=proposal.operator, generation=step, island=island,
                         motivation=proposal.motivation)

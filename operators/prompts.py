@@ -232,7 +232,7 @@ def repair(code: str, error: str, edits: bool = False, max_error_chars: int = 15
         + f"{_block(code)}\n\nError:\n```\n{_clip(error.strip(), max_error_chars)}\n```\n"
         + _pointer(code, error)
         + "\nFix the error with the smallest change; keep the idea of the module (the minimal mixer only shows "
-          "the contract).\n"
+          "the contract; a copy of it is rejected).\n"
         + (REPAIR_DIFF_REMINDER if edits else FORMAT_REMINDER)
     )
     return messages(user, DIFF_SYSTEM if edits else SYSTEM)

@@ -103,3 +103,14 @@ def test_a_redone_step_whose_slot_gets_a_cosmetic_variant_keeps_the_stored_child
     assert code_hash(variant) == code_hash(CODE)  # the id of the slot is the same
     again = screen(1, [proposal(variant)], [0], slot_base=0)[0]
     assert again.genome == first.genome and again.genome.code == CODE and again.score == 0.5
+
+
+def test_a_reply_that_is_the_repair_prompts_example_is_no_child(tmp_path):
+    from operators.prompts import CONTRACT_EXAMPLE
+
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, None, seeds=[0], lag=0)
+    copied = "# fixed\n" + CONTRACT_EXAMPLE
+    child = screen(1, [dataclasses.replace(proposal(copied), operator="llm_repair")], [0], slot_base=0)[0]
+    assert child.genome is None and "minimal example" in child.error and archive.genomes() == []
+    assert [e["kind"] for e in archive.events(kind="parse_failed")] == ["parse_failed"]
