@@ -39,11 +39,9 @@ def settings_for(variant: str, model: str, fmt: str, batch: int) -> LLMSettings:
     """The quickstart's [llm] with the variant's backend and the edit format."""
     base = load_config(ROOT / "configs" / "quickstart.toml").llm
     backend, _, spec = variant.partition("+")
-    drop = set() if backend == "vllm" else {"dtype", "kv_cache_gb", "max_num_batched_tokens"}
     extra = {"parallel": batch, **({"speculative": spec} if spec else {})} if backend == "llamacpp" else {}
-    return LLMSettings.model_validate({**base.model_dump(exclude=drop, exclude_none=True), "model": model,
-                                       "backend": backend, "diff_share": 1.0 if fmt == "diff" else 0.0,
-                                       "examples_k": 0, "avoid_k": 0, **extra})
+    return base.on_backend(backend, model=model, diff_share=1.0 if fmt == "diff" else 0.0, examples_k=0, avoid_k=0,
+                           **extra)
 
 
 def specs(batch: int, round_: int) -> list[Spec]:

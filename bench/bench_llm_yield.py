@@ -35,7 +35,7 @@ from fitness.executor import EvalJob, make_executor  # noqa: E402
 from fitness.secret import load_or_create  # noqa: E402
 from operators.backends import CachedBackend, load_backend  # noqa: E402
 from operators.researcher import Researcher, Scored, Spec  # noqa: E402
-from operators.settings import DEFAULT_DIRECTIVES, LLMSettings  # noqa: E402
+from operators.settings import DEFAULT_DIRECTIVES  # noqa: E402
 from records import Genome  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,12 +101,9 @@ class Bench:
         todo = [(i, t) for i, t in enumerate(work) if i not in done]
         if not todo:
             return
-        vllm_only = set() if self.backend_kind == "vllm" else {"dtype", "kv_cache_gb", "max_num_batched_tokens"}
-        settings = LLMSettings.model_validate({
-            **self.config.llm.model_dump(exclude=vllm_only, exclude_none=True), "model": model,
-            "backend": self.backend_kind, "diff_share": 1.0 if fmt == "diff" else 0.0, "repair_attempts": 0,
-            "examples_k": 0, "avoid_k": 0, "analyst": False,
-            **({"parallel": batch} if self.backend_kind == "llamacpp" else {})})
+        settings = self.config.llm.on_backend(
+            self.backend_kind, model=model, diff_share=1.0 if fmt == "diff" else 0.0, repair_attempts=0,
+            examples_k=0, avoid_k=0, analyst=False, **({"parallel": batch} if self.backend_kind == "llamacpp" else {}))
         backend = CachedBackend(load_backend(settings), self.archive)
         try:
             for start in range(0, len(todo), batch):

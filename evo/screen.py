@@ -80,29 +80,24 @@ class Screen:
 
     def one(self, step: int, proposal: Proposal, island: int, slot: int) -> Child:
         if proposal.code is None:
-            self.archive.log_event("parse_failed", proposal.error, operator=proposal.operator,
-                                   parents=list(proposal.parents), generation=step, slot=slot,
-                                   edit_format=proposal.edit_format)
-            return Child(None, proposal, error=proposal.error)
+            return self.unmade(step, proposal, slot, proposal.error)
         try:
             h = code_hash(proposal.code)
         except NormaliseError as exc:
-            self.archive.log_event("parse_failed", str(exc), generation=step, slot=slot)
-            return Child(None, proposal, error=str(exc))
+            return self.unmade(step, proposal, slot, str(exc))
         if h == EXAMPLE_HASH:
-            why = "the reply is the repair prompt's minimal example Mixer, not a fix of the module"
-            self.archive.log_event("parse_failed", why, operator=proposal.operator, parents=list(proposal.parents),
-                                   generation=step, slot=slot, edit_format=proposal.edit_format)
-            return Child(None, proposal, error=why)
+            return self.unmade(step, proposal, slot,
+                               "the reply is the repair prompt's minimal example Mixer, not a fix of the module")
         genome = Genome(genome_id(h, proposal.parents, proposal.operator, step, slot), proposal.code, h,
                         parents=proposal.parents, operator=proposal.operator, generation=step, island=island,
                         motivation=proposal.motivation)
         stored = self.archive.genome(genome.id)
-        if stored is not None:
+        if stored is None:
+            self.archive.add_genome(genome, origin=origin(proposal))
+        else:
             # a step redone after an interruption: the child stored first stands, also when this slot's reply
             # differs from it only in comments, layout or motivation (the same normalised code)
             genome = stored
-        self.archive.add_genome(genome, origin=origin(proposal))
         child = Child(genome, proposal, self.archive.evaluations(genome.id, stage=1))
         if child.evaluations:  # screened before an interruption
             return child
@@ -119,6 +114,12 @@ class Screen:
                 self.archive.add_evaluation(ev)
                 child.evaluations = [ev]
         return child
+
+    def unmade(self, step: int, proposal: Proposal, slot: int, why: str) -> Child:
+        """No child from this proposal: the reason logged (a `parse_failed` event) and carried for the repair."""
+        self.archive.log_event("parse_failed", why, operator=proposal.operator, parents=list(proposal.parents),
+                               generation=step, slot=slot, edit_format=proposal.edit_format)
+        return Child(None, proposal, error=why)
 
     def reusable(self, genome: Genome, visible: Visible) -> list[Evaluation] | None:
         """The stage-1 results of the earliest visible genome with the same source, if it was evaluated

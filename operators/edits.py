@@ -25,13 +25,12 @@ so the repair round can fix it; so does a result that does not parse or defines 
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import re
 from collections.abc import Sequence
 
-from operators.parse import add_missing_imports, motivation
+from operators.parse import add_missing_imports, defines_mixer, motivation
 from records.source import parse as parse_source
 
 NEAR_MISS = 0.85  # least difflib ratio of a near-miss match
@@ -210,7 +209,7 @@ def apply_edits(code: str, edits: Sequence[Edit]) -> str:
         at = lines[err.lineno - 1].strip() if err.lineno and 0 < err.lineno <= len(lines) else ""
         raise EditError(f"after the edits the module does not parse ({err.msg})" + (f" at `{at}`" if at else "")
                         + "; check the indentation of the REPLACE lines") from None
-    if not any(isinstance(node, ast.ClassDef) and node.name == "Mixer" for node in tree.body):
+    if not defines_mixer(tree):
         raise EditError("after the edits the module defines no top-level `class Mixer`")
     if new == code.rstrip("\n") + "\n":
         raise EditError("the edits change nothing")

@@ -40,7 +40,8 @@ def _candidates(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _defines_mixer(tree: ast.Module) -> bool:
+def defines_mixer(tree: ast.Module) -> bool:
+    """Whether a parsed module defines a top-level `class Mixer`."""
     return any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body)
 
 
@@ -91,7 +92,7 @@ def extract_code(text: str) -> str:
                 reasons.append(f"{where}: SyntaxError line {e.lineno}: {e.msg}")
                 continue
             code, tree = trimmed, parse_source(trimmed)
-        if not _defines_mixer(tree):
+        if not defines_mixer(tree):
             reasons.append(f"{where}: parses but defines no top-level `class Mixer`")
             continue
         return add_missing_imports(code.rstrip() + "\n")

@@ -12,7 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from operators.model_store import MODELS, is_local
 
-VLLM_ONLY = {"dtype": "auto", "max_num_batched_tokens": 1024, "kv_cache_gb": 2}
+# the keys only some backends take, with the value each of those fills in when the config leaves it out
+BACKEND_KEYS: dict[str, dict[str, object]] = {
+    "vllm": {"max_model_len": 3072, "dtype": "auto", "max_num_batched_tokens": 1024, "kv_cache_gb": 2},
+    "openai": {"base_url": None, "api_key_env": None, "parallel": 8},
+    "llamacpp": {"max_model_len": 3072, "parallel": 8, "threads": None, "speculative": None},
+}
 
 # Concrete, mixer-relevant edits. Each names what to change and how, so a 0.5B-1.5B model
 # can carry it out. They are written to apply to most linear/softmax-attention mixers.
@@ -87,10 +92,8 @@ class LLMSettings(BaseModel):
                                         "VLLM_CPU_KVCACHE_SPACE if unset)")
     @model_validator(mode="after")
     def _backend_keys(self) -> "LLMSettings":
-        given = {k for k in ("base_url", "api_key_env", "parallel", "threads", "speculative", "max_model_len",
-                             *VLLM_ONLY) if getattr(self, k) is not None}
-        allowed = {"vllm": {"max_model_len", *VLLM_ONLY}, "openai": {"base_url", "api_key_env", "parallel"},
-                   "llamacpp": {"parallel", "threads", "speculative", "max_model_len"}}[self.backend]
+        given = {k for keys in BACKEND_KEYS.values() for k in keys if getattr(self, k) is not None}
+        allowed = set(BACKEND_KEYS[self.backend])
         if given - allowed:
             raise ValueError(f"{', '.join(sorted(given - allowed))} do(es) not apply to backend = {self.backend!r} "
                              f"(its keys: {', '.join(sorted(allowed))})")
@@ -104,15 +107,17 @@ class LLMSettings(BaseModel):
         if self.backend != "openai" and self.model not in MODELS and not is_local(self.model):
             raise ValueError(f"model {self.model!r} is not a registry model ({', '.join(MODELS)}) nor a path "
                              f"to a Hugging Face folder or a .gguf file")
-        if self.backend == "vllm":
-            for k, v in VLLM_ONLY.items():
-                if getattr(self, k) is None:
-                    setattr(self, k, v)
-        elif self.parallel is None:
-            self.parallel = 8
-        if self.backend != "openai" and self.max_model_len is None:
-            self.max_model_len = 3072
+        for k, default in BACKEND_KEYS[self.backend].items():
+            if getattr(self, k) is None:
+                setattr(self, k, default)
         return self
+
+    def on_backend(self, backend: str, **changes: object) -> "LLMSettings":
+        """These settings for `backend`, with `changes`: keys the backend does not take are dropped (its
+        defaults fill in)."""
+        others = {k for keys in BACKEND_KEYS.values() for k in keys} - set(BACKEND_KEYS[backend])
+        return LLMSettings.model_validate({**self.model_dump(exclude=others, exclude_none=True), "backend": backend,
+                                           **changes})
 
     deadline_s: float = Field(
         600.0, gt=0.0, le=7200.0,

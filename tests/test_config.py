@@ -187,3 +187,14 @@ def test_llm_backend_keys_are_checked_per_backend():
     with pytest.raises(ConfigError, match="must not hold credentials"):
         parse_config({"llm": {"backend": "openai", "base_url": "http://me:pw@h/v1"}})
     assert served.llm.max_model_len is None and local.llm.max_model_len == 3072
+
+
+def test_llm_settings_move_to_another_backend_without_its_keys():
+    from operators.settings import LLMSettings
+
+    local = LLMSettings(kv_cache_gb=4, max_tokens=300).on_backend("llamacpp", parallel=2)
+    assert (local.backend, local.parallel, local.kv_cache_gb, local.max_tokens, local.max_model_len) == \
+        ("llamacpp", 2, None, 300, 3072)
+    served = local.on_backend("openai", base_url="http://127.0.0.1:8000/v1", model="qwen")
+    assert served.max_model_len is None and served.parallel == 2 and served.threads is None
+    assert served.on_backend("vllm", model="qwen2.5-coder-0.5b").kv_cache_gb == 2  # the default, not the 4 dropped
