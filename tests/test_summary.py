@@ -32,6 +32,7 @@ def test_seed_baseline_is_best_seed_mean_per_stage(archive):
 def test_spearman_over_promoted_genomes(archive):
     corr = rank_correlation(archive)
     assert corr["n"] == 5 and corr["spearman"] == pytest.approx(1.0)
+    assert corr["p_value"] == pytest.approx(2 / 120)  # exact: 2 of the 5! orders are as extreme
 
 
 def test_yield_counts_parse_failures_passes_and_wins(archive):
