@@ -5,9 +5,9 @@ Policies (`[fitness.promotion]`), among the children with `racing.min_seeds` tra
 step can see; `margin` those whose gain over the seed baseline (the best seed genome's mean)
 less `margin` exceeds `racing.z` standard errors of the difference. The seeds themselves are
 promoted by `top_k` at step 0. A genome whose stage-1 runs are bit-identical
-to an earlier genome's (same training seeds, same predictions on the secret test set: the same
-function trained the same way, e.g. a rewrite that only renamed things) reuses that genome's
-stage-2 results instead of training again.
+to an earlier genome's with stage-2 results (same training seeds, same predictions on the secret
+test set: the same function trained the same way, e.g. a rewrite that only renamed things) takes
+that genome's stage-2 results instead of training again, and the policy picks among the others.
 """
 from __future__ import annotations
 
@@ -31,24 +31,32 @@ log = logging.getLogger("evo")
 
 def promote(step: int, children: list[Child], archive: Archive, executor: Executor, fitness: FitnessSettings,
             visible: Visible, store: Callable[[Evaluation], None]) -> None:
-    """Stage 2 for the scored children the promotion policy picks (results stored as they arrive)."""
-    chosen = promoted(fitness, step, [c for c in children if c.score is not None], archive, visible)
-    for c in chosen:
-        twin = stage1_twin(archive, c, visible)
-        have = {e.seed for e in archive.evaluations(c.genome.id, stage=2)}
-        copied = [ev for ev in archive.evaluations(twin, stage=2) if ev.seed in fitness.stage2.seeds
-                  and ev.seed not in have] if twin else []
-        if copied:
-            archive.add_evaluations([dataclasses.replace(ev, genome_id=c.genome.id, metrics={
-                **ev.metrics, "reused_from": twin, "twin": True}) for ev in copied])
-            log.info("  %s stage 2: behavioural twin of %s (identical stage-1 training), its results reused",
-                     c.genome.id, twin)
+    """Stage 2 for the scored children: a behavioural twin of a genome with stage-2 results takes
+    those results; the promotion policy picks among the others, whose runs are stored as they arrive
+    (a twin would spend a promotion on a function whose stage 2 is already known)."""
+    scored = [c for c in children if c.score is not None]
+    twins = {c.genome.id: twin for c in scored if (twin := stage1_twin(archive, c, visible))}
+    for c in scored:
+        if c.genome.id in twins:
+            reuse_stage2(archive, c.genome.id, twins[c.genome.id], fitness.stage2.seeds)
+    chosen = promoted(fitness, step, [c for c in scored if c.genome.id not in twins], archive, visible)
     jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fitness.stage2.seeds
             if not any(e.seed == seed for e in archive.evaluations(c.genome.id, stage=2))]
     for ev in tqdm(executor.run(jobs), total=len(jobs), desc=f"step {step} stage 2", unit="run", disable=not jobs):
         store(ev)
         log.info("  %s stage 2 seed %d %s %s", ev.genome_id, ev.seed, ev.status,
                  f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
+
+
+def reuse_stage2(archive: Archive, genome_id: str, twin: str, seeds: list[int]) -> None:
+    """Store the twin's stage-2 runs (of the configured seeds) as `genome_id`'s, marked as reused."""
+    have = {e.seed for e in archive.evaluations(genome_id, stage=2)}
+    copied = [ev for ev in archive.evaluations(twin, stage=2) if ev.seed in seeds and ev.seed not in have]
+    if copied:
+        archive.add_evaluations([dataclasses.replace(ev, genome_id=genome_id, metrics={
+            **ev.metrics, "reused_from": twin, "twin": True}) for ev in copied])
+        log.info("  %s stage 2: behavioural twin of %s (identical stage-1 training), its results reused",
+                 genome_id, twin)
 
 
 def promoted(fitness: FitnessSettings, step: int, scored: list[Child], archive: Archive,

@@ -3,7 +3,7 @@ import pytest
 from genomes import stored_genome
 
 from archive.store import Archive
-from evo.promote import promoted, stage1_twin
+from evo.promote import promote, promoted, stage1_twin
 from evo.screen import Child, Visible
 from fitness.settings import FitnessSettings
 from records import Evaluation
@@ -77,3 +77,34 @@ def test_stage1_twin_needs_identical_predictions_with_stage2_results(archive):
     probe = Evaluation("x", 1, 0, "ok", 0.7, params=100, metrics={"predictions_sha256": "ffff"})
     assert stage1_twin(archive, Child(same, evaluations=[probe]), now) is None  # "lonely" has no stage-2 results
     assert stage1_twin(archive, Child(lonely, evaluations=[Evaluation("y", 1, 0, "ok", 0.7)]), now) is None
+
+
+class RecordingExecutor:
+    """Stands in for the sandboxed executor: which stage-2 runs were asked for (scores made up)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, jobs):
+        self.jobs += jobs
+        return [Evaluation(j.genome_id, j.stage, j.seed, "ok", 0.5) for j in jobs]
+
+
+def test_a_twin_takes_its_originals_stage2_results_and_the_promotion_goes_to_another(archive):
+    run = {"predictions_sha256": "0123456789abcdef"}
+    stored_genome(archive, "orig", "llm_mutate", ("s1",), 1)
+    archive.add_evaluations([Evaluation("orig", 1, seed, "ok", 0.97, metrics=run) for seed in (0, 1, 2)])
+    archive.add_evaluations([Evaluation("orig", 2, seed, "ok", 0.8, metrics=run) for seed in (0, 1)])
+    stored_genome(archive, "twin", "llm_mutate", ("orig",), 2)
+    archive.add_evaluations([Evaluation("twin", 1, seed, "ok", 0.97, metrics=dict(run)) for seed in (0, 1, 2)])
+    stored_genome(archive, "new", "llm_mutate", ("s1",), 2)
+    archive.add_evaluations([Evaluation("new", 1, seed, "ok", 0.6, metrics={"predictions_sha256": "ab"})
+                             for seed in (0, 1, 2)])
+    settings = FitnessSettings.model_validate({"promotion": {"policy": "top_k", "top_k": 1},
+                                               "racing": {"min_seeds": 3}, "stage2": {"seeds": [0, 1]}})
+    executor = RecordingExecutor()
+    promote(2, _children(archive, ["twin", "new"]), archive, executor, settings, Visible(2, 0),
+            archive.add_evaluation)
+    assert [(j.genome_id, j.seed) for j in executor.jobs] == [("new", 0), ("new", 1)]
+    reused = archive.evaluations("twin", stage=2)
+    assert [(e.seed, e.score, e.metrics["reused_from"]) for e in reused] == [(0, 0.8, "orig"), (1, 0.8, "orig")]
