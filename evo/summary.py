@@ -51,22 +51,25 @@ def seed_baseline(archive: Archive) -> dict[str, float | None]:
 
 
 def rank_correlation(archive: Archive) -> dict[str, float | int | None]:
-    """Spearman rank correlation of the stage-1 and stage-2 means over the promoted genomes, with a
-    two-sided permutation p-value (exact up to 7 genomes, 9,999 orders beyond): the t-approximation
+    """Spearman rank correlation of the stage-1 and stage-2 means over the genomes trained at stage 2
+    (a behavioural twin, whose stage-2 results are copies of another's, is left out and counted in
+    "twins": it would count one function twice), with a two-sided permutation p-value (exact up to 7 genomes, 9,999 orders beyond): the t-approximation
     says p = 0 for any perfect ranking, even of 4 genomes, where 2 of the 24 orders are as extreme."""
     from scipy.stats import permutation_test, spearmanr
 
     s1, s2 = stage_scores(archive, 1), stage_scores(archive, 2)
-    both = [gid for gid in s2 if gid in s1]
+    twins = {ev.genome_id for ev in archive.evaluations(stage=2) if (ev.metrics or {}).get("twin")}
+    both = [gid for gid in s2 if gid in s1 and gid not in twins]
+    none = {"spearman": None, "p_value": None, "n": len(both), "twins": len(twins & s2.keys())}
     if len(both) < 3:
-        return {"spearman": None, "p_value": None, "n": len(both)}
+        return none
     x, y = [_mean(s1[g]) for g in both], [_mean(s2[g]) for g in both]
     rho = spearmanr(x, y).statistic
     if math.isnan(rho):  # one side is constant
-        return {"spearman": None, "p_value": None, "n": len(both)}
+        return none
     test = permutation_test((x,), lambda a: spearmanr(a, y).statistic, permutation_type="pairings",
                             n_resamples=math.inf if len(both) <= 7 else 9999, rng=0)
-    return {"spearman": float(rho), "p_value": float(test.pvalue), "n": len(both)}
+    return {**none, "spearman": float(rho), "p_value": float(test.pvalue)}
 
 
 def yield_stats(archive: Archive) -> dict[str, float]:
@@ -137,7 +140,8 @@ def print_top(run_dir: Path, n: int = 20) -> None:
     corr = rank_correlation(archive)
     rho = "n/a" if corr["spearman"] is None else f"{corr['spearman']:.3f} (p={corr['p_value']:.3g})"
     console.print(f"seed baseline: stage 1 {base['stage1']}, stage 2 {base['stage2']}; Spearman stage 1 vs "
-                  f"stage 2 over {corr['n']} promoted genomes: {rho}")
+                  f"stage 2 over {corr['n']} genomes trained at stage 2: {rho}"
+                  + (f" ({corr['twins']} behavioural twins with copied results left out)" if corr["twins"] else ""))
     failures = [ev for ev in archive.evaluations(stage=1) if not ev.ok]
     console.print(f"rejected or failed evaluations: {len(failures)}; LLM calls: {archive.llm_stats()}")
     last = archive.last_checkpoint()

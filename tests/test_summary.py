@@ -35,6 +35,14 @@ def test_spearman_over_promoted_genomes(archive):
     assert corr["p_value"] == pytest.approx(2 / 120)  # exact: 2 of the 5! orders are as extreme
 
 
+def test_spearman_counts_a_twin_with_copied_stage2_results_once(archive):
+    stored_genome(archive, "twin", "llm_mutate", ("c2",), 2)
+    archive.add_evaluation(Evaluation("twin", 1, 0, "ok", 0.1))
+    archive.add_evaluation(Evaluation("twin", 2, 0, "ok", 0.1, metrics={"reused_from": "c2", "twin": True}))
+    corr = rank_correlation(archive)
+    assert corr["n"] == 5 and corr["twins"] == 1 and corr["p_value"] == pytest.approx(2 / 120)
+
+
 def test_yield_counts_parse_failures_passes_and_wins(archive):
     stats = yield_stats(archive)
     assert stats["llm_children"] == 5 and stats["parsed"] == 4 and stats["passed_checks"] == 3
