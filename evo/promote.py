@@ -36,9 +36,8 @@ def promote(step: int, children: list[Child], archive: Archive, executor: Execut
     (a twin would spend a promotion on a function whose stage 2 is already known)."""
     scored = [c for c in children if c.score is not None]
     twins = {c.genome.id: twin for c in scored if (twin := stage1_twin(archive, c, visible))}
-    for c in scored:
-        if c.genome.id in twins:
-            reuse_stage2(archive, c.genome.id, twins[c.genome.id], fitness.stage2.seeds)
+    for genome_id, twin in twins.items():
+        reuse_stage2(archive, genome_id, twin, fitness.stage2.seeds)
     chosen = promoted(fitness, step, [c for c in scored if c.genome.id not in twins], archive, visible)
     jobs = [EvalJob(c.genome.id, c.genome.code, 2, seed) for c in chosen for seed in fitness.stage2.seeds
             if not any(e.seed == seed for e in archive.evaluations(c.genome.id, stage=2))]

@@ -11,6 +11,7 @@ which a caller that builds trees without `ast.parse` can still provoke.
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 
 _LOCK = threading.RLock()  # re-entrant: a finalizer run by the GC mid-parse may parse too
@@ -19,22 +20,21 @@ _RACE = "AST constructor recursion depth mismatch"
 _TRIES = 5
 
 
+@functools.wraps(_UNLOCKED_PARSE)
 def _locked_parse(*args, **kwargs):
     with _LOCK:
         return _UNLOCKED_PARSE(*args, **kwargs)
 
 
-_locked_parse.__wrapped__ = _UNLOCKED_PARSE
-_locked_parse.__doc__ = _UNLOCKED_PARSE.__doc__
 ast.parse = _locked_parse
 
 
 def parse(source: str, mode: str = "exec") -> ast.AST:
     """`ast.parse(source, mode=mode)`, serialised with every other parse, retried on the race."""
-    for attempt in range(_TRIES):
+    for _ in range(_TRIES - 1):
         try:
             return ast.parse(source, mode=mode)
         except SystemError as e:
-            if _RACE not in str(e) or attempt == _TRIES - 1:
+            if _RACE not in str(e):
                 raise
-    raise AssertionError("unreachable")
+    return ast.parse(source, mode=mode)
