@@ -4,9 +4,11 @@ A proposal that did not parse is logged. A parsed one is stored as a genome (its
 its code, parents, operator, step and slot, so a resumed step makes the same ids). An exact
 duplicate (the same source, byte for byte: a reformatted copy could read its own line numbers
 or docstrings and behave differently) of a genome already evaluated under this fitness
-protocol reuses that result; a near duplicate of a genome of an earlier step (cosine similarity
-of the normalised code's embeddings at or above the novelty threshold, which a reformatted copy
-reaches) is rejected before any training. A step sees
+protocol reuses that result, unless the novelty archive is on and the genome scored: then the
+copy is rejected before any training like a near duplicate (cosine similarity of the normalised
+code's embeddings to a genome of an earlier step at or above the novelty threshold, which a
+reformatted copy reaches), since a clone taking a population slot is what the archive keeps
+the search away from. A step sees
 only the genomes of finished steps and its own (see `Visible`), so what screening decides does
 not depend on timing or on where a killed run stopped.
 """
@@ -102,18 +104,24 @@ class Screen:
         if child.evaluations:  # screened before an interruption
             return child
         source = self.reusable(genome, Visible(step, self.lag))
-        if source is not None:
+        if source is not None and self.neighbours is not None and all(e.ok for e in source):
+            child.evaluations = [self.reject(genome, copy_reason(source[0].genome_id))]
+        elif source is not None:
             self.archive.add_evaluations(copies(source, genome.id))
             child.evaluations = self.archive.evaluations(genome.id, stage=1)
         elif self.neighbours is not None:
             near = self.neighbours.near_duplicate(genome, before=step - self.lag)
             if near is not None:
-                ev = Evaluation(genome.id, 1, self.seeds[0], "rejected",
-                                reason=f"near-duplicate of {near[0]} (cosine {near[1]:.4f} >= threshold "
-                                       f"{self.neighbours.settings.threshold}); make a different change")
-                self.archive.add_evaluation(ev)
-                child.evaluations = [ev]
+                child.evaluations = [self.reject(genome, f"near-duplicate of {near[0]} (cosine {near[1]:.4f} >= "
+                                                         f"threshold {self.neighbours.settings.threshold}); "
+                                                         "make a different change")]
         return child
+
+    def reject(self, genome: Genome, reason: str) -> Evaluation:
+        """Store and return the engine's rejection of `genome` before any training."""
+        ev = Evaluation(genome.id, 1, self.seeds[0], "rejected", reason=reason)
+        self.archive.add_evaluation(ev)
+        return ev
 
     def unmade(self, step: int, proposal: Proposal, slot: int, why: str) -> Child:
         """No child from this proposal: the reason logged (a `parse_failed` event) and carried for the repair."""
@@ -132,6 +140,11 @@ class Screen:
             if {e.seed for e in evs} >= set(self.seeds) or any(not e.ok for e in evs):
                 return evs
         return None
+
+
+def copy_reason(source_id: str) -> str:
+    """Why a scored genome's exact copy is rejected: it would be a second population member of one function."""
+    return f"an exact copy of {source_id}, which was already trained and scored; make a different change"
 
 
 def copies(evaluations: list[Evaluation], genome_id: str) -> list[Evaluation]:

@@ -1,6 +1,7 @@
 """Breeding a step with the real sandboxed fitness (tiny stage): every training seed runs, identical
-children of a step train once, failures carry their reason, and the LLM prompt's neighbours to move
-away from come from earlier steps (`llm.avoid_k` of them)."""
+children of a step train once (with the novelty archive, the copy of a scored one is rejected),
+failures carry their reason, and the LLM prompt's neighbours to move away from come from earlier
+steps (`llm.avoid_k` of them)."""
 import pytest
 
 from archive.normalise import code_hash
@@ -51,6 +52,22 @@ def test_every_seed_runs_and_identical_children_train_once(tmp_path):
     assert [e.metrics["reused_from"] for e in children[1].evaluations] == [a.id, a.id]
     assert children[1].score == children[0].score
     assert children[2].score is None and children[2].error.startswith("rejected: policy")
+
+
+def test_with_the_novelty_archive_a_siblings_exact_copy_is_rejected_untrained(tmp_path):
+    cfg = config()
+    archive = Archive(tmp_path / "a.sqlite")
+    with LocalExecutor(cfg.fitness, SECRET) as executor:
+        breeder = Breeder(cfg, archive, executor, Variation("classic", None, None, cfg.llm),
+                          Neighbours(archive, tmp_path, cfg.novelty), lag=0)
+        a, twin = stored(archive, "short_conv", 1, 0), stored(archive, "short_conv", 1, 1)
+        children = [Child(a), Child(twin)]
+        breeder.evaluate(1, children)
+    assert [e.seed for e in children[0].evaluations] == [0, 1] and children[0].score is not None
+    assert [e.status for e in children[1].evaluations] == ["rejected"] and children[1].score is None
+    assert children[1].error == f"rejected: an exact copy of {a.id}, which was already trained and scored; " \
+                                "make a different change"
+    assert sorted(e.genome_id for e in archive.evaluations() if "launch" in e.metrics) == [a.id, a.id]
 
 
 def test_prompts_name_avoid_k_neighbours_from_earlier_steps(tmp_path):

@@ -1,10 +1,13 @@
 """Screening with a real archive: what a child's results say, which earlier results a child may
-reuse (exact duplicates seen from its step only), parse failures on record, and the edit format
+reuse (exact duplicates seen from its step only; with the novelty archive, a scored genome's copy
+is rejected), parse failures on record, and the edit format
 stored with each child."""
 import dataclasses
 
 from archive.normalise import code_hash
 from archive.store import Archive
+from evo.config import parse_config
+from evo.neighbours import Neighbours
 from evo.screen import Child, Screen, Visible
 from operators.researcher import Proposal
 from records import Evaluation, Genome, genome_id
@@ -47,6 +50,20 @@ def test_exact_duplicates_reuse_visible_complete_results_only(tmp_path):
     again = screen(2, [proposal(CODE, parents=("q",))], [0], slot_base=1)[0]
     assert [(e.seed, e.score, e.metrics["reused_from"]) for e in again.evaluations] == [(0, 0.7, "old"), (1, 0.8, "old")]
     assert again.score == 0.75 and again.genome.generation == 2
+
+
+def test_with_the_novelty_archive_an_exact_copy_of_a_scored_genome_is_rejected_and_a_failed_ones_reused(tmp_path):
+    archive = Archive(tmp_path / "a.sqlite")
+    screen = Screen(archive, Neighbours(archive, tmp_path, parse_config({}).novelty), seeds=[0], lag=0)
+    failing = CODE + "# fails\n"
+    archive.add_genome(Genome("scored", CODE, code_hash(CODE)))
+    archive.add_genome(Genome("broken", failing, code_hash(failing)))
+    archive.add_evaluation(Evaluation("scored", 1, 0, "ok", 0.7, metrics=RUN))
+    archive.add_evaluation(Evaluation("broken", 1, 0, "failed", reason="shape", metrics=RUN))
+    copy, broken = screen(1, [proposal(CODE), proposal(failing)], [0, 0], slot_base=0)
+    assert [(e.status, e.seed) for e in copy.evaluations] == [("rejected", 0)] and copy.score is None
+    assert "exact copy of scored" in copy.evaluations[0].reason and "protocol" not in copy.evaluations[0].metrics
+    assert [(e.status, e.reason, e.metrics["reused_from"]) for e in broken.evaluations] == [("failed", "shape", "broken")]
 
 
 def test_killed_runs_and_other_protocols_are_not_reused(tmp_path):
