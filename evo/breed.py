@@ -26,7 +26,7 @@ from evo import analysis
 from evo.config import Config
 from evo.neighbours import Neighbours
 from evo.race import race
-from evo.screen import Child, Screen, Visible, copies, copy_reason
+from evo.screen import Child, Screen, Visible
 from evo.strategies import Ask
 from fitness.executor import EvalJob, Executor
 from operators.researcher import Proposal, RepairItem, Scored, Spec
@@ -112,7 +112,7 @@ class Breeder:
     def evaluate(self, step: int, children: list[Child], seeds: Callable[[Child], list[int]] | None = None) -> None:
         """Stage 1 for the children with each training seed `seeds(child)` names (default: stage1.seeds)
         that it lacks; one run per distinct source (with the novelty archive on, a sibling's exact copy of a
-        child that scored is rejected as evo.screen rejects copies of earlier genomes)."""
+        child that scored is rejected, as evo.screen.Screen.take_copy decides for copies of earlier genomes)."""
         want = seeds or (lambda c: self.seeds)
         todo = [c for c in children if c.genome is not None and not c.settled(want(c))]
         leaders: dict[str, Child] = {}
@@ -131,11 +131,8 @@ class Breeder:
                      ev.status, f"score={ev.score:.4f}" if ev.ok else ev.reason[:200])
         for c in todo:
             leader = leaders[c.genome.code]
-            if c is not leader and self.neighbours is not None and leader.score is not None:
-                c.evaluations = [self.screen.reject(c.genome, copy_reason(leader.genome.id))]
-            elif c is not leader:
-                self.archive.add_evaluations(copies(leader.evaluations, c.genome.id))
-                c.evaluations = self.archive.evaluations(c.genome.id, stage=1)
+            if c is not leader:
+                c.evaluations = self.screen.take_copy(c.genome, leader.evaluations)
         for c in children:
             self.settle(c)
 

@@ -104,11 +104,8 @@ class Screen:
         if child.evaluations:  # screened before an interruption
             return child
         source = self.reusable(genome, Visible(step, self.lag))
-        if source is not None and self.neighbours is not None and all(e.ok for e in source):
-            child.evaluations = [self.reject(genome, copy_reason(source[0].genome_id))]
-        elif source is not None:
-            self.archive.add_evaluations(copies(source, genome.id))
-            child.evaluations = self.archive.evaluations(genome.id, stage=1)
+        if source is not None:
+            child.evaluations = self.take_copy(genome, source)
         elif self.neighbours is not None:
             near = self.neighbours.near_duplicate(genome, before=step - self.lag)
             if near is not None:
@@ -116,6 +113,16 @@ class Screen:
                                                          f"threshold {self.neighbours.settings.threshold}); "
                                                          "make a different change")]
         return child
+
+    def take_copy(self, genome: Genome, source: list[Evaluation]) -> list[Evaluation]:
+        """The stage-1 results of `genome`, an exact copy of the genome whose results are `source`: with the
+        novelty archive on and every one of them ok, a rejection (it would be a second population member of
+        one function); else `source`, stored as reused."""
+        if self.neighbours is not None and source and all(e.ok for e in source):
+            return [self.reject(genome, f"an exact copy of {source[0].genome_id}, which was already trained and "
+                                        "scored; make a different change")]
+        self.archive.add_evaluations(copies(source, genome.id))
+        return self.archive.evaluations(genome.id, stage=1)
 
     def reject(self, genome: Genome, reason: str) -> Evaluation:
         """Store and return the engine's rejection of `genome` before any training."""
@@ -140,11 +147,6 @@ class Screen:
             if {e.seed for e in evs} >= set(self.seeds) or any(not e.ok for e in evs):
                 return evs
         return None
-
-
-def copy_reason(source_id: str) -> str:
-    """Why a scored genome's exact copy is rejected: it would be a second population member of one function."""
-    return f"an exact copy of {source_id}, which was already trained and scored; make a different change"
 
 
 def copies(evaluations: list[Evaluation], genome_id: str) -> list[Evaluation]:
