@@ -2,8 +2,9 @@
 
 Tries, in order: each ```python block, each plain ``` block (also an unclosed last one),
 then the reply itself with leading prose stripped. The first candidate that parses with
-`ast.parse` and defines `class Mixer` wins; missing standard imports (torch, nn, F, math)
-are added. Also reads the one-line `MOTIVATION:`.
+`ast.parse` and defines `class Mixer` wins; a module whose one mixer-shaped class has another name
+(models often call it `NormalizedMixer` or the like) gets it renamed to `Mixer`; missing standard
+imports (torch, nn, F, math) are added. Also reads the one-line `MOTIVATION:`.
 Only syntax and the presence of `Mixer` are checked here; fitness/ validates strictly.
 """
 from __future__ import annotations
@@ -45,6 +46,32 @@ def defines_mixer(tree: ast.Module) -> bool:
     return any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body)
 
 
+def _lone_mixer_class(tree: ast.Module) -> str | None:
+    """The name of the module's one top-level class with a `forward` method (among several, the one
+    whose `__init__` takes `d_model`); None when there is no such class or it is ambiguous."""
+    def init_args(c: ast.ClassDef) -> list[str]:
+        init = [f for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+        return [a.arg for a in init[0].args.args] if init else []
+
+    shaped = [n for n in tree.body if isinstance(n, ast.ClassDef)
+              and any(isinstance(f, ast.FunctionDef) and f.name == "forward" for f in n.body)]
+    if len(shaped) > 1:
+        shaped = [c for c in shaped if "d_model" in init_args(c)]
+    return shaped[0].name if len(shaped) == 1 else None
+
+
+def _renamed_to_mixer(code: str, tree: ast.Module) -> str | None:
+    """`code` with its lone mixer-shaped class (and every use of its name) renamed to `Mixer`."""
+    name = _lone_mixer_class(tree)
+    if name is None or any(isinstance(n, ast.Name) and n.id == "Mixer" for n in ast.walk(tree)):
+        return None
+    renamed = re.sub(rf"\b{re.escape(name)}\b", "Mixer", code)
+    try:
+        return renamed if defines_mixer(parse_source(renamed)) else None
+    except SyntaxError:
+        return None
+
+
 def _trim_trailing_prose(code: str) -> str | None:
     """Drop trailing lines until the code parses (models often add an explanation after)."""
     lines = code.rstrip().splitlines()
@@ -78,10 +105,12 @@ def add_missing_imports(code: str) -> str:
 
 
 def extract_code(text: str) -> str:
-    """The module source in `text` that defines `class Mixer`; raise ParseError saying why not."""
+    """The module source in `text` that defines `class Mixer`; raise ParseError saying why not.
+
+    A candidate that defines `Mixer` wins over one whose lone mixer-shaped class is renamed."""
     if not text or not text.strip():
         raise ParseError("empty reply")
-    reasons = []
+    reasons, parsed = [], []
     for where, code in _candidates(text):
         code = code.strip("\n")
         try:
@@ -92,10 +121,14 @@ def extract_code(text: str) -> str:
                 reasons.append(f"{where}: SyntaxError line {e.lineno}: {e.msg}")
                 continue
             code, tree = trimmed, parse_source(trimmed)
-        if not defines_mixer(tree):
-            reasons.append(f"{where}: parses but defines no top-level `class Mixer`")
-            continue
-        return add_missing_imports(code.rstrip() + "\n")
+        if defines_mixer(tree):
+            return add_missing_imports(code.rstrip() + "\n")
+        parsed.append((where, code, tree))
+    for where, code, tree in parsed:
+        renamed = _renamed_to_mixer(code, tree)
+        if renamed is not None:
+            return add_missing_imports(renamed.rstrip() + "\n")
+        reasons.append(f"{where}: parses but defines no top-level `class Mixer`")
     if not reasons:
         raise ParseError("no code found in reply (no ``` block, no import/class line)")
     raise ParseError("; ".join(reasons))
