@@ -13,9 +13,8 @@ checks and trained (stage 1 ok), trained but unlike its parent (a stage-1 score 
 parent's, same training seed and test set: the same score is a copy in behaviour), beat its parent
 (a stage-1 score above the parent's), each with a Wilson 95% interval; completion tokens and LLM
 wall seconds per child (the batch's wall time over its children; for replies from the cache, the
-time they took when generated). Resumable: replies are cached in
-DIR/archive.sqlite and each finished child is a line of DIR/children.jsonl; a rerun skips what is
-there.
+time they took when generated). Resumable: replies are cached in DIR/archive.sqlite and each
+finished child is a line of DIR/children.jsonl; a rerun skips what is there.
 """
 from __future__ import annotations
 
