@@ -68,7 +68,8 @@ def build(info: dict, runs: list[RunEvents]) -> list[tuple[str, str, str]]:
 def summary(info: dict, runs: list[RunEvents], by: dict, finals: dict) -> tuple[str, str, str]:
     unfinished = [r.run for r in runs if r.status != "finished"]
     missing = len(info["runs"]) - len(runs)
-    text = (f"{len(by)} strategies × {len(info['seeds'])} paired seeds, budget {info['budget']} "
+    n_seeds = len(info["seeds"])
+    text = (f"{len(by)} strategies × {n_seeds} paired seed{'s' * (n_seeds > 1)}, budget {info['budget']} "
             f"{info['currency']} per run; score: the best stage-1 mean (MQAR accuracy or the task's score) a run "
             f"holds when its budget is spent. Every other cost is recorded (see Runs).")
     if unfinished or missing:
@@ -96,7 +97,8 @@ def checklist(info: dict, runs: list[RunEvents], by: dict) -> tuple[str, str, st
         ("every run finished", all(r.status == "finished" for r in runs) and len(runs) == len(info["runs"])),
     ]
     if n_seeds < 6:
-        items.append((f"≥ 6 seeds, so the rank test can reach p < 0.05 as well as the t-test ({n_seeds} seeds give "
+        gives = f"{n_seeds} seeds give" if n_seeds > 1 else "1 seed gives"
+        items.append((f"≥ 6 seeds, so the rank test can reach p < 0.05 as well as the t-test ({gives} "
                       f"a smallest two-sided Wilcoxon p of {2 / 2 ** n_seeds:.3f})", False))
     rows = [[Markup(f'<span class="{"ok" if ok else "flag"}">{"yes" if ok else "MISSING"}</span>'), what]
             for what, ok in items]
