@@ -69,7 +69,8 @@ def test_complexity_timed_by_the_engine():
     assert conv.status == "ok", conv.reason
     c = conv.metrics["complexity"]
     assert set(c["forward_ms"]) == {"32", "256", "512", "1024"}  # the stage's length and the probe's
-    assert c["time_exponent"] < 1.6 and c["scaling_exponent"] <= 1.5, c
+    # the raw slope carries CPU timing noise; the limit applies to it less the margin
+    assert c["scaling_exponent"] == round(c["time_exponent"] - limited.checks.complexity_time_margin, 2) <= 1.5, c
 
 
 def test_task_mix_scored_per_task():
