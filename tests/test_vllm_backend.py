@@ -4,6 +4,7 @@
 model part packages are missing. One engine (LLMSettings defaults) serves all tests.
 """
 import importlib.util
+import os
 
 import pytest
 
@@ -84,3 +85,14 @@ def test_the_engine_runs_in_this_process_so_kill_9_leaves_nothing_behind(backend
     assert backend.generate([ask(0, 4)])[0].ok
     spawned = [pid for pid in children(os.getpid()) if b"resource_tracker" not in cmdline(pid)]
     assert not [cmdline(pid)[:80] for pid in spawned if b"VLLM" in cmdline(pid) or b"vllm" in cmdline(pid)]
+
+
+def test_cpu_env_turns_the_failing_aot_compile_off_unless_the_user_set_it(monkeypatch):
+    from operators.vllm_backend import set_vllm_cpu_env
+
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    set_vllm_cpu_env()
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "0"
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    set_vllm_cpu_env()
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "1"
