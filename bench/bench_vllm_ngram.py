@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_llm_decoding import settings_for, specs  # noqa: E402
 
-from operators.model_store import resolve  # noqa: E402
 from operators.researcher import Researcher  # noqa: E402
 from operators.vllm_backend import VLLMBackend  # noqa: E402
 
@@ -35,10 +34,10 @@ def run(draft_tokens: int, batch: int, eager: bool) -> None:
     if draft_tokens:
         kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": draft_tokens,
                                         "prompt_lookup_min": 2, "prompt_lookup_max": 5}
-    backend = VLLMBackend(resolve(MODEL, "vllm"), max_model_len=3072, **kwargs)
+    settings = settings_for("vllm", MODEL, "full", batch)
+    backend = VLLMBackend.from_settings(settings, **kwargs)
     t0 = time.perf_counter()
-    props = Researcher(backend, settings_for("vllm", MODEL, "full", batch),
-                       random.Random(f"0:{batch}:full")).propose(specs(batch, 0))
+    props = Researcher(backend, settings, random.Random(f"0:{batch}:full")).propose(specs(batch, 0))
     wall = time.perf_counter() - t0
     tokens = sum(p.completion.completion_tokens for p in props)
     print(f"[vllm_ngram] draft tokens {draft_tokens}: load {backend.load_s:.0f} s, {wall / batch:.1f} s per child, "

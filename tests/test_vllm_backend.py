@@ -78,8 +78,6 @@ def test_cache_hit_returns_identical_text_without_calling_model(backend):
 
 def test_the_engine_runs_in_this_process_so_kill_9_leaves_nothing_behind(backend):
     """No engine or worker process of vLLM's: killing the run kills the model with it."""
-    import os
-
     from procs import children, cmdline
 
     assert backend.generate([ask(0, 4)])[0].ok
